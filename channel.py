@@ -116,18 +116,18 @@ class Channel(Generic[T]):
         sender: The producing end, an async context manager giving ``itemize``.
     """
 
-    __slots__ = ("receiver", "sender")
+    __slots__ = ("_state", "receiver", "sender")
 
     receiver: Receiver[T]
     sender: Sender[T]
 
     def __init__(self) -> None:
-        state = _State()
-        self.receiver = Receiver(state)
-        self.sender = Sender(state)
+        self._state = _State()
+        self.receiver = Receiver(self._state)
+        self.sender = Sender(self._state)
 
     def __repr__(self) -> str:
-        return f"<Channel {self.receiver._state.describe()}>"
+        return f"<Channel {self._state.describe()}>"
 
 
 class Itemize(Protocol[T_contra]):
@@ -348,10 +348,9 @@ class Receiver(Generic[T_co]):
 
 
 def _only_receiver_closed(exc: BaseException) -> bool:
-    if isinstance(exc, BaseExceptionGroup):
-        others = exc.split(lambda leaf: isinstance(leaf, ReceiverClosed))[1]
-        return others is None
-    return isinstance(exc, ReceiverClosed)
+    """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
+    others = BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1]
+    return others is None
 
 
 # --- The shared state ------------------------------------------------------------
