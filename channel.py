@@ -10,11 +10,14 @@ A :class:`Channel` connects a producer to a consumer with no buffer in between::
 
 The body of the ``async with`` block behaves like the body of an async generator
 function: ``await itemize(x)`` hands ``x`` over when the receiver asks for an item
-and returns when the receiver asks for the next one. A block that ends normally
-ends the receiver's loop; a block that fails makes the receiver raise
-:exc:`SenderFailed`; a receiver that closes makes the producer's ``itemize`` raise
-:exc:`ReceiverClosed`, which the block absorbs, so the producer simply ends.
-Cancelling either side loses no item.
+and returns when the receiver asks for the next one (with the value the receiver
+sent, for ``x = yield item`` conversations), and ``await itemize.many(iterable)``
+delegates like ``yield from``. A block that ends normally ends the receiver's
+loop; a block that fails makes the receiver raise :exc:`SenderFailed`; a receiver
+that closes makes the producer's ``itemize`` raise :exc:`ReceiverClosed`, which the
+block absorbs, so the producer simply ends. Cancelling either side loses no item.
+:func:`producer` runs such a block in a task of its own, structured like a
+generator.
 
 Runs on asyncio (including uvloop) and on trio, detected when a channel is first
 used. Only the standard library is imported; trio is used only under trio.
@@ -26,11 +29,13 @@ __all__ = [
     "Channel",
     "ChannelClosed",
     "ChannelError",
+    "ChannelStatistics",
     "Itemize",
     "Receiver",
     "ReceiverClosed",
     "Sender",
     "SenderFailed",
+    "producer",
 ]
 
 import sys
@@ -38,13 +43,31 @@ from types import GenericAlias
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import (
+        AsyncIterator,
+        Awaitable,
+        Callable,
+        Generator,
+        Iterable,
+        Iterator,
+        Sequence,
+    )
+    from contextlib import AbstractAsyncContextManager
     from types import TracebackType
-    from typing import Any, Generic, Protocol, Self, TypeVar, final
+    from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, final, overload
+
+    # typing_extensions for PEP 696 defaults: `Channel[int]` means `Channel[int, None]`.
+    # Only type checkers read this; they ship typing_extensions' stubs.
+    from typing_extensions import TypeVar
 
     T = TypeVar("T")  # invariant: a Channel both takes and gives items
     T_co = TypeVar("T_co", covariant=True)  # a Receiver only gives items out
     T_contra = TypeVar("T_contra", contravariant=True)  # a Sender only takes them in
+    R = TypeVar("R", default=None)  # replies: what the receiver sends back
+    R_co = TypeVar("R_co", covariant=True, default=None)  # itemize only gives replies out
+    R_contra = TypeVar("R_contra", contravariant=True, default=None)  # a Receiver takes them
+    V = TypeVar("V")  # the return value of a generator that `many` delegates to
+    P = ParamSpec("P")  # the parameters of a @producer function, after `itemize`
 else:
     # `typing` takes longer to import than this whole module. At run time these
     # names only have to let `Channel[int]`, `Itemize[str]`, ... be subscripted.
@@ -55,7 +78,7 @@ else:
             return cls if cls is Generic else GenericAlias(cls, params)
 
     Protocol = Generic
-    T = T_co = T_contra = None
+    T = T_co = T_contra = R = R_co = R_contra = None
 
     def final(cls):
         return cls
@@ -105,9 +128,11 @@ class ReceiverClosed(BaseException):
 
 
 @final
-class Channel(Generic[T]):
+class Channel(Generic[T, R]):
     """A rendezvous channel: one sender block pushes, one receiver pulls, nothing is buffered.
 
+    ``Channel[T]`` carries items of type ``T``; ``Channel[T, R]`` also carries
+    replies of type ``R`` back from the receiver (see :meth:`Receiver.asend`).
     Create it anywhere, also outside a running event loop; it binds to the event
     loop (asyncio, uvloop) or trio run that first uses it.
 
@@ -118,28 +143,34 @@ class Channel(Generic[T]):
 
     __slots__ = ("_state", "receiver", "sender")
 
-    receiver: Receiver[T]
-    sender: Sender[T]
+    receiver: Receiver[T, R]
+    sender: Sender[T, R]
 
     def __init__(self) -> None:
         self._state = _State()
         self.receiver = Receiver(self._state)
         self.sender = Sender(self._state)
 
+    def statistics(self) -> ChannelStatistics:
+        """A snapshot of the channel, to see who waits for whom when debugging a hang."""
+        return self._state.statistics()
+
     def __repr__(self) -> str:
-        return f"<Channel {self._state.describe()}>"
+        return f"<Channel {self._state.statistics()}>"
 
 
-class Itemize(Protocol[T_contra]):
+class Itemize(Protocol[T_contra, R_co]):
     """The type of the callback that the sender block gives: ``await itemize(x)`` is ``yield x``.
 
-    Contravariant: an ``Itemize[object]`` may be passed where an ``Itemize[int]``
-    is expected.
+    Contravariant in the item and covariant in the reply: an ``Itemize[object]``
+    may be passed where an ``Itemize[int]`` is expected.
     """
 
-    async def __call__(self, item: T_contra, /) -> None:
+    async def __call__(self, item: T_contra, /) -> R_co:
         """Hand ``item`` to the receiver, then wait until the receiver asks for the next one.
 
+        Returns what the receiver sent with that request: ``None`` from
+        ``__anext__``, ``value`` from ``asend(value)``, as ``x = yield item`` does.
         Several tasks may call the same ``itemize`` at once: their items are
         delivered one at a time, in the order the calls arrived.
 
@@ -155,9 +186,37 @@ class Itemize(Protocol[T_contra]):
         withdrawn and will never be delivered; if it had, it stays delivered.
         """
 
+    if TYPE_CHECKING:
+
+        @overload
+        async def many(self, items: Generator[T_contra, R_co, V], /) -> V: ...  # type: ignore[overload-overlap]
+        @overload
+        async def many(self, items: Iterable[T_contra], /) -> None: ...
+
+        async def many(self, items: Iterable[T_contra], /) -> Any:
+            """Delegate to a synchronous iterable, like ``yield from``.
+
+            The receiver pulls the items from ``items`` in its own task, with no trip
+            through the event loop per item (it passes a scheduling point every
+            256 items, so it stays cancellable and fair). Replies sent with
+            ``receiver.asend(value)`` go into ``generator.send(value)``. Returns when
+            the iterable is exhausted and the receiver asks for more: with a
+            generator, its return value.
+
+            Raises:
+                Exception: Whatever the iterable raises, here in the producer (not in
+                    the receiver's task), as ``yield from`` does.
+                ReceiverClosed: The receiver was closed; a generator is closed first.
+                ChannelClosed: As for ``itemize(item)``; also when the sender block
+                    ends while another task's ``many`` is still delegating.
+
+            Cancellation: stops the delegation (a generator is closed); the items
+            already taken stay delivered, the rest are never pulled.
+            """
+
 
 @final
-class Sender(Generic[T_contra]):
+class Sender(Generic[T_contra, R_co]):
     """The producing end: ``async with c.sender as itemize:``.
 
     Entering returns ``itemize`` at once, without waiting for the receiver. The
@@ -182,7 +241,7 @@ class Sender(Generic[T_contra]):
     def __init__(self, state: _State) -> None:
         self._state = state
 
-    async def __aenter__(self) -> Itemize[T_contra]:
+    async def __aenter__(self) -> Itemize[T_contra, R_co]:
         state = self._state
         state.check_run()
         if state.sender_entered:
@@ -215,11 +274,11 @@ class Sender(Generic[T_contra]):
         return False
 
     def __repr__(self) -> str:
-        return f"<Sender of channel {self._state.describe()}>"
+        return f"<Sender of channel {self._state.statistics()}>"
 
 
 @final
-class _Itemize(Generic[T_contra]):
+class _Itemize(Generic[T_contra, R_co]):
     """The ``itemize`` of one sender block (see :class:`Itemize`)."""
 
     __slots__ = ("_state",)
@@ -227,7 +286,7 @@ class _Itemize(Generic[T_contra]):
     def __init__(self, state: _State) -> None:
         self._state = state
 
-    async def __call__(self, item: T_contra, /) -> None:
+    async def __call__(self, item: T_contra, /) -> R_co:
         state = self._state
         if state.current_run() is not state.run or state.end is not None or state.receiver_closed:
             state.check_send()
@@ -237,36 +296,55 @@ class _Itemize(Generic[T_contra]):
             state.receiver_waiting = None
             receiver.set_result(item)
             state.delivered = waiter
+            state.items_delivered += 1
         elif state.queue is None:
             state.queue = [(waiter, item)]
         else:
             state.queue.append((waiter, item))
         try:
-            await waiter  # until the receiver asks again, or the stream ends
+            return await waiter  # type: ignore[no-any-return]  # the reply to the next ask
+        except BaseException:
+            state.withdraw(waiter)
+            raise
+
+    async def many(self, items: Iterable[T_contra], /) -> Any:
+        state = self._state
+        if state.current_run() is not state.run or state.end is not None or state.receiver_closed:
+            state.check_send()
+        waiter = state.waiters.create_future()
+        if state.queue is None:
+            state.queue = [(waiter, _Source(iter(items)))]
+        else:
+            state.queue.append((waiter, _Source(iter(items))))
+        # A waiting receiver pulls the items itself, in its own task.
+        state.wake_receiver(_WAKE_TO_ASK_AGAIN)
+        try:
+            return await waiter  # the generator's return value
         except BaseException:
             state.withdraw(waiter)
             raise
 
     def __repr__(self) -> str:
-        return f"<itemize of channel {self._state.describe()}>"
+        return f"<itemize of channel {self._state.statistics()}>"
 
 
 @final
-class Receiver(Generic[T_co]):
+class Receiver(Generic[T_co, R_contra]):
     """The consuming end: ``async for item in c.receiver:``.
 
     Each ``__anext__`` asks for one item. Asking also lets the producer continue
     from the ``itemize`` that delivered the previous item, exactly as ``anext()``
-    resumes a generator from its last ``yield``.
+    resumes a generator from its last ``yield``; :meth:`asend` does the same and
+    gives that ``itemize`` a return value.
 
     Leaving early: a bare ``break`` closes nothing, as with a generator. Use
     ``async with c.receiver:`` (or ``await c.receiver.aclose()``), and the
     producer's pending and later ``itemize`` calls raise :exc:`ReceiverClosed`.
 
-    Cancellation: a cancelled ``__anext__`` loses no item and does not close the
-    receiver. If the item had already been handed over when the cancellation
-    arrived, the next ``__anext__`` returns it; so ``anext()`` under a timeout
-    can be retried.
+    Cancellation: a cancelled ``__anext__`` or ``asend`` loses no item and does not
+    close the receiver. If the item had already been handed over when the
+    cancellation arrived, the next request returns it; so ``anext()`` under a
+    timeout can be retried.
     """
 
     __slots__ = ("_state",)
@@ -277,16 +355,7 @@ class Receiver(Generic[T_co]):
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> T_co:
-        """Ask for the next item and wait for it.
-
-        Raises:
-            StopAsyncIteration: The sender block ended normally.
-            SenderFailed: The sender block ended with an exception (its ``__cause__``).
-            ChannelClosed: This receiver was closed (also while waiting).
-            ChannelError: Another task is already waiting on this receiver, or
-                the channel belongs to another event loop.
-        """
+    async def _ask(self, reply: Any = None) -> Any:  # noqa: PLR0912 - the hot path, in one piece
         state = self._state
         if (
             state.current_run() is not state.run
@@ -295,17 +364,25 @@ class Receiver(Generic[T_co]):
         ):
             state.check_receive()
         if state.stash is not _NOTHING:
-            item: T_co
             item, state.stash = state.stash, _NOTHING
             return item
-        producer = state.delivered
-        if producer is not None:  # it continues after its `itemize` now
-            state.delivered = None
-            if not producer.done():
-                producer.set_result(None)
-        if state.queue:
-            item = state.take_from_queue()
+        if reply is not None and not state.items_delivered:
+            state.refuse_early_reply()
+        if state.source is None and not state.queue:
+            producer = state.delivered
+            if producer is not None:  # it continues after its `itemize` now
+                state.delivered = None
+                if not producer.done():
+                    producer.set_result(reply)
+        else:  # delegating to `itemize.many`, or other producers wait
+            item = state.take_ready(reply)
             if item is not _NOTHING:
+                if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS == 0:
+                    try:
+                        await state.checkpoint()
+                    except BaseException:
+                        state.stash = item  # taken, so kept for the next ask
+                        raise
                 return item
         if state.end is not None:
             raise state.end_of_stream()
@@ -318,7 +395,48 @@ class Receiver(Generic[T_co]):
             raise
         if item is _WAKE_TO_END:
             raise state.end_of_stream()
+        if item is _WAKE_TO_ASK_AGAIN:  # `itemize.many` is in the queue now
+            return await self._ask()
         return item
+
+    if TYPE_CHECKING:
+
+        async def __anext__(self) -> T_co:
+            """Ask for the next item and wait for it; ``itemize`` returns ``None``.
+
+            Raises:
+                StopAsyncIteration: The sender block ended normally.
+                SenderFailed: The sender block ended with an exception (its ``__cause__``).
+                ChannelClosed: This receiver was closed (also while waiting).
+                ChannelError: Another task is already waiting on this receiver, or
+                    the channel belongs to another event loop.
+            """
+
+        async def asend(self, reply: R_contra, /) -> T_co:
+            """Ask for the next item, as ``__anext__``, and make ``itemize`` return ``reply``.
+
+            The ``await itemize(item)`` (or the generator in ``itemize.many``) that
+            is waiting for this request gets ``reply``, as ``x = yield item`` gets
+            the value of ``agen.asend(reply)``. Raises as ``__anext__``, and
+            :exc:`ChannelError` if ``reply`` is not ``None`` before the first item,
+            when no ``itemize`` waits for a reply yet.
+            """
+
+    else:
+        # Both are `_ask`, without an extra call per item: anext() is asend(None).
+        __anext__ = asend = _ask
+
+    def batches(self, max_items: int) -> AsyncIterator[list[T_co]]:
+        """Iterate in lists of up to ``max_items`` items, for consumers that work in chunks.
+
+        Each list waits only for its first item, then takes as many more as are
+        available without waiting (such as the items of ``itemize.many``). Ends,
+        raises and can be cancelled as ``__anext__``; a cancellation while waiting
+        for the first item of a list loses nothing.
+        """
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, not {max_items!r}")
+        return _Batches(self, max_items)
 
     def close(self) -> None:
         """Close the receiver: the producer's ``itemize`` raises :exc:`ReceiverClosed`.
@@ -344,7 +462,186 @@ class Receiver(Generic[T_co]):
         self._state.close_receiver()
 
     def __repr__(self) -> str:
-        return f"<Receiver of channel {self._state.describe()}>"
+        return f"<Receiver of channel {self._state.statistics()}>"
+
+
+@final
+class _Batches(Generic[T_co]):
+    """The async iterator of :meth:`Receiver.batches`."""
+
+    __slots__ = ("_max_items", "_receiver")
+
+    def __init__(self, receiver: Receiver[T_co, Any], max_items: int) -> None:
+        self._receiver = receiver
+        self._max_items = max_items
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[T_co]:
+        batch = [await self._receiver.__anext__()]
+        state = self._receiver._state
+        while len(batch) < self._max_items:
+            item = state.take_ready(None)
+            if item is _NOTHING:
+                break
+            batch.append(item)
+        return batch
+
+
+@final
+class ChannelStatistics:
+    """A snapshot of a channel, from :meth:`Channel.statistics`.
+
+    Attributes:
+        state: ``"not started"`` (no sender block entered yet), ``"open"``,
+            ``"ended"``, ``"failed"`` or ``"receiver closed"``.
+        receiver_waiting: Whether a task waits in ``__anext__`` for an item.
+        producers_waiting: How many ``itemize`` calls wait: for the receiver to
+            take their item, or to ask for the next one.
+        items_delivered: How many items the receiver has taken.
+    """
+
+    __slots__ = ("items_delivered", "producers_waiting", "receiver_waiting", "state")
+
+    def __init__(
+        self, state: str, receiver_waiting: bool, producers_waiting: int, items_delivered: int
+    ) -> None:
+        self.state = state
+        self.receiver_waiting = receiver_waiting
+        self.producers_waiting = producers_waiting
+        self.items_delivered = items_delivered
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ChannelStatistics):
+            return NotImplemented
+        return repr(self) == repr(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __str__(self) -> str:
+        parts = [self.state]
+        if self.receiver_waiting:
+            parts.append("receiver waiting")
+        if self.producers_waiting:
+            parts.append(f"{self.producers_waiting} itemize waiting")
+        parts.append(f"{self.items_delivered} delivered")
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return (
+            f"ChannelStatistics(state={self.state!r}, receiver_waiting={self.receiver_waiting}, "
+            f"producers_waiting={self.producers_waiting}, "
+            f"items_delivered={self.items_delivered})"
+        )
+
+
+def producer(
+    function: Callable[Concatenate[Itemize[T, R], P], Awaitable[None]],
+) -> Callable[P, AbstractAsyncContextManager[Receiver[T, R]]]:
+    """Turn a coroutine function whose first parameter is ``itemize`` into a structured producer.
+
+    Calling the decorated function returns an async context manager. Entering it
+    starts a task group of the backend (``asyncio.TaskGroup``, a trio nursery)
+    with one task that runs the function in a sender block, and gives the
+    channel's receiver::
+
+        @producer
+        async def ticks(itemize: Itemize[int], n: int) -> None:
+            for i in range(n):
+                await itemize(i)
+
+        async with ticks(5) as items:
+            async for i in items:
+                ...
+
+    - Lazy, like a generator: the function starts when the consumer first asks.
+    - An exception in the function comes out of the ``async with`` as itself (an
+      exception group only when there are several exceptions), not as the
+      :exc:`SenderFailed` the receiver saw.
+    - Leaving the ``async with`` in any way closes the receiver and cancels the
+      producer task, and waits for it: its ``finally`` blocks have run when the
+      ``async with`` exits.
+    """
+
+    def start(*args: P.args, **kwargs: P.kwargs) -> _Producing[T, R]:
+        return _Producing(function, args, kwargs)
+
+    start.__name__ = function.__name__
+    start.__qualname__ = function.__qualname__
+    start.__doc__ = function.__doc__
+    start.__module__ = function.__module__
+    start.__wrapped__ = function  # type: ignore[attr-defined]
+    return start
+
+
+@final
+class _Producing(Generic[T, R]):
+    """The async context manager that a :func:`producer` function returns."""
+
+    __slots__ = ("_args", "_channel", "_function", "_kwargs", "_tasks")
+
+    def __init__(
+        self,
+        function: Callable[..., Awaitable[None]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._function = function
+        self._args = args
+        self._kwargs = kwargs
+        self._channel: Channel[T, R] | None = None
+        self._tasks: _TaskGroup | None = None
+
+    async def __aenter__(self) -> Receiver[T, R]:
+        if self._channel is not None:
+            raise ChannelError(
+                "this producer was already entered; call the producer function "
+                "again for a new stream"
+            )
+        self._channel = Channel()
+        self._tasks = _running_backend().task_group()
+        await self._tasks.__aenter__()
+        self._tasks.start(self._produce)
+        return self._channel.receiver
+
+    async def _produce(self) -> None:
+        assert self._channel is not None
+        async with self._channel.sender as itemize:
+            await self._channel._state.wait_for_first_ask()
+            await self._function(itemize, *self._args, **self._kwargs)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        assert self._channel is not None
+        assert self._tasks is not None
+        self._channel.receiver.close()  # a producer waiting in itemize ends quietly
+        self._tasks.cancel()  # one busy elsewhere is stopped; both run their cleanup
+        try:
+            await self._tasks.__aexit__(exc_type, exc, traceback)
+        except BaseExceptionGroup as group:
+            errors = _without_echoes(group.exceptions)
+            if len(errors) != 1:
+                raise group.derive(errors) from group.__cause__
+            error = errors[0]
+            try:
+                raise error from error.__cause__
+            finally:
+                del error, errors, group  # no reference cycle through this frame
+        return False
+
+
+def _without_echoes(errors: Sequence[BaseException]) -> list[BaseException]:
+    """Drop the receiver's SenderFailed when the producer's own exception is there too."""
+    return [
+        error
+        for error in errors
+        if not (isinstance(error, SenderFailed) and any(error.__cause__ is e for e in errors))
+    ]
 
 
 def _only_receiver_closed(exc: BaseException) -> bool:
@@ -359,34 +656,55 @@ def _only_receiver_closed(exc: BaseException) -> bool:
 _NOTHING: Any = object()  # an empty slot, where None could be an item
 _CLEAN_END: Any = object()  # State.end after a sender block ended normally
 _WAKE_TO_END: Any = object()  # wakes a receiver whose stream ended or was closed
+_WAKE_TO_ASK_AGAIN: Any = object()  # wakes a receiver to take a delegation from the queue
+
+# A receiver taking items without waiting (from `itemize.many`, or from many
+# producers) passes a scheduling point this often, to stay cancellable and fair.
+_ITEMS_BETWEEN_CHECKPOINTS = 256
 
 
 def _unbound_run() -> object:
     return _NOTHING
 
 
+@final
+class _Source:
+    """A queue entry of ``itemize.many``: the iterator to delegate to, in its turn."""
+
+    __slots__ = ("iterator",)
+
+    def __init__(self, iterator: Iterator[Any]) -> None:
+        self.iterator = iterator
+
+
 class _State:
     """What both ends of one channel share.
 
     The hand-over, in the terms of a generator: the receiver *asks*
-    (``Receiver.__anext__``), which resumes the producer whose item it took last
+    (``Receiver._ask``), which resumes the producer whose item it took last
     (``delivered``) and then takes the next item, from the first producer waiting
     in ``queue`` or, if none waits, by parking until ``itemize`` hands one over.
     ``itemize`` (``_Itemize.__call__``) then parks until the receiver asks again.
+    While ``itemize.many`` delegates, its call stays ``delivered`` and each ask
+    pulls the next item from ``source`` instead.
+
     Every park and wake goes through a future-like waiter from the backend section
     at the bottom of this module; a waiter can be cancelled before its owner runs
     again, so wakers skip waiters that are ``done()``.
     """
 
     __slots__ = (
+        "checkpoint",
         "current_run",
         "delivered",
         "end",
+        "items_delivered",
         "queue",
         "receiver_closed",
         "receiver_waiting",
         "run",
         "sender_entered",
+        "source",
         "stash",
         "waiters",
     )
@@ -397,13 +715,16 @@ class _State:
     run: object
     current_run: Callable[[], object]
     waiters: _WaiterFactory  # makes waiters for the current task
-    receiver_waiting: _Waiter | None  # the receiver, parked in `receive`
+    checkpoint: Callable[[], Awaitable[None]]  # a scheduling point of the backend
+    receiver_waiting: _Waiter | None  # the receiver, parked in `_ask`
     delivered: _Waiter | None  # the producer whose item was taken; resumes at the next ask
     queue: list[tuple[_Waiter, Any]] | None  # producers waiting to hand an item over
+    source: Iterator[Any] | None  # what `itemize.many` delegates to, while it does
     stash: Any  # an item handed to a receiver that was cancelled before it resumed
     end: Any  # None while the block may send; then _CLEAN_END or the block's exception
     sender_entered: bool
     receiver_closed: bool
+    items_delivered: int
 
     def __init__(self) -> None:
         self.run = None
@@ -411,24 +732,78 @@ class _State:
         self.receiver_waiting = None
         self.delivered = None
         self.queue = None
+        self.source = None
         self.stash = _NOTHING
         self.end = None
         self.sender_entered = False
         self.receiver_closed = False
+        self.items_delivered = 0
 
-    def take_from_queue(self) -> Any:
-        assert self.queue is not None
+    async def wait_for_first_ask(self) -> None:
+        """Park a producer until the receiver first asks, as a new generator waits."""
+        waiter = self.waiters.create_future()
+        self.delivered = waiter  # the first ask wakes it, as it wakes an itemize
+        try:
+            await waiter
+        except BaseException:
+            self.withdraw(waiter)
+            raise
+
+    def take_ready(self, reply: Any) -> Any:
+        """Ask without waiting: the next item if one is ready, else ``_NOTHING``."""
+        if self.source is not None:
+            item = self.pull(reply)
+            if item is not _NOTHING:
+                return item
+        producer, self.delivered = self.delivered, None
+        if producer is not None and not producer.done():
+            producer.set_result(reply)  # it continues after its `itemize` now
         while self.queue:
             waiter, item = self.queue.pop(0)
-            if not waiter.done():  # a cancelled producer withdrew its item
-                self.delivered = waiter
+            if waiter.done():  # a cancelled producer withdrew its item
+                continue
+            self.delivered = waiter
+            if type(item) is not _Source:
+                self.items_delivered += 1
+                return item
+            self.source = item.iterator
+            item = self.pull(None)
+            if item is not _NOTHING:
                 return item
         return _NOTHING
 
+    def pull(self, reply: Any) -> Any:
+        """The next item of the delegation, or ``_NOTHING`` once it has ended."""
+        source, waiter = self.source, self.delivered
+        assert source is not None
+        assert waiter is not None
+        if waiter.done():  # the `many` call was cancelled
+            self.stop_delegating()
+            return _NOTHING
+        try:
+            item = next(source) if reply is None else source.send(reply)  # type: ignore[attr-defined]
+        except StopIteration as stop:
+            self.source = self.delivered = None
+            waiter.set_result(stop.value)
+            return _NOTHING
+        except BaseException as exc:  # raised in the producer, as `yield from` does
+            self.source = self.delivered = None
+            waiter.set_exception(exc)
+            return _NOTHING
+        self.items_delivered += 1
+        return item
+
+    def stop_delegating(self) -> None:
+        source, self.source = self.source, None
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
     def withdraw(self, waiter: _Waiter) -> None:
-        """Unlink a producer's waiter after its ``send`` was interrupted."""
+        """Unlink a producer's waiter after its ``itemize`` was interrupted."""
         if self.delivered is waiter:
             self.delivered = None
+            self.stop_delegating()
         elif self.queue:
             self.queue = [entry for entry in self.queue if entry[0] is not waiter]
 
@@ -438,41 +813,41 @@ class _State:
             self.receiver_waiting = None
         elif waiter.done() and not waiter.cancelled():
             item = waiter.result()
-            if item is not _WAKE_TO_END:
+            if item is not _WAKE_TO_END and item is not _WAKE_TO_ASK_AGAIN:
                 self.stash = item
+
+    def wake_receiver(self, marker: Any) -> None:
+        receiver, self.receiver_waiting = self.receiver_waiting, None
+        if receiver is not None and not receiver.done():
+            receiver.set_result(marker)
 
     def end_stream(self, end: Any) -> None:
         """The sender block exited: wake everybody who waits on it."""
         self.end = end
-        receiver, self.receiver_waiting = self.receiver_waiting, None
-        if receiver is not None and not receiver.done():
-            receiver.set_result(_WAKE_TO_END)
-        # Another task whose item was taken: it was delivered, so it returns.
+        self.wake_receiver(_WAKE_TO_END)
         producer, self.delivered = self.delivered, None
-        if producer is not None and not producer.done():
+        if self.source is not None:  # another task's `many`, cut short
+            self.stop_delegating()
+            if not producer.done():  # type: ignore[union-attr]
+                producer.set_exception(_block_ended())  # type: ignore[union-attr]
+        elif producer is not None and not producer.done():
+            # Another task whose item was taken: it was delivered, so it returns.
             producer.set_result(None)
         # Other tasks still waiting to hand an item over: it was never taken.
         queue, self.queue = self.queue, None
         for waiter, _ in queue or ():
             if not waiter.done():
-                waiter.set_exception(
-                    ChannelClosed(
-                        "the sender block ended while this itemize was waiting, "
-                        "so its item was not delivered; make the tasks that share "
-                        "itemize finish inside the block (a task group does that)"
-                    )
-                )
+                waiter.set_exception(_block_ended())
 
     def close_receiver(self) -> None:
         if self.receiver_closed:
             return
         self.receiver_closed = True
         self.stash = _NOTHING
-        receiver, self.receiver_waiting = self.receiver_waiting, None
-        if receiver is not None and not receiver.done():
-            receiver.set_result(_WAKE_TO_END)
+        self.wake_receiver(_WAKE_TO_END)
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
+        self.stop_delegating()
         waiting = [producer] if producer is not None else []
         waiting += [waiter for waiter, _ in queue or ()]
         for waiter in waiting:
@@ -514,6 +889,12 @@ class _State:
                 "channel, or fan items out from one consuming task)"
             )
 
+    def refuse_early_reply(self) -> None:
+        raise ChannelError(
+            "asend() with a value before the first item: no itemize is waiting for "
+            "a reply yet; ask for the first item with anext() or asend(None)"
+        )
+
     def check_run(self) -> None:
         """Bind the channel on first use; refuse a second event loop afterwards."""
         current = self.current_run()
@@ -524,30 +905,36 @@ class _State:
                 "this channel belongs to another event loop (or trio run); "
                 "create the Channel again inside the loop that uses it"
             )
-        self.run, self.current_run, self.waiters = _bind_to_running_backend()
+        backend = _running_backend()
+        self.run, self.current_run = backend.current_run(), backend.current_run
+        self.waiters, self.checkpoint = backend.waiters(), backend.checkpoint
 
-    def describe(self) -> str:
+    def statistics(self) -> ChannelStatistics:
         if self.receiver_closed:
             state = "receiver closed"
         elif self.end is None:
             state = "open" if self.sender_entered else "not started"
-        elif self.end is _CLEAN_END:
-            state = "ended"
         else:
-            state = f"failed ({type(self.end).__name__})"
-        waiting = len(self.queue or ()) + (self.delivered is not None)
-        parts = [state]
-        if self.receiver_waiting is not None:
-            parts.append("receiver waiting")
-        if waiting:
-            parts.append(f"{waiting} itemize waiting")
-        return ", ".join(parts)
+            state = "ended" if self.end is _CLEAN_END else "failed"
+        waiting = sum(not waiter.done() for waiter, _ in self.queue or ())
+        waiting += self.delivered is not None
+        return ChannelStatistics(
+            state, self.receiver_waiting is not None, waiting, self.items_delivered
+        )
 
 
 def _receiver_closed() -> ReceiverClosed:
     return ReceiverClosed(
         "the receiver was closed, so nobody will take this item; stop producing "
         "(the sender block absorbs this exception)"
+    )
+
+
+def _block_ended() -> ChannelClosed:
+    return ChannelClosed(
+        "the sender block ended while this itemize was waiting, so its item was "
+        "not delivered; make the tasks that share itemize finish inside the block "
+        "(a task group does that)"
     )
 
 
@@ -567,38 +954,105 @@ if TYPE_CHECKING:
         def result(self) -> Any: ...
         def set_result(self, value: Any, /) -> None: ...
         def set_exception(self, exception: BaseException, /) -> None: ...
-        def __await__(self) -> Any: ...
+        def __await__(self) -> Generator[Any, None, Any]: ...
 
     class _WaiterFactory(Protocol):
         def create_future(self) -> _Waiter: ...
 
+    class _TaskGroup(Protocol):
+        """The backend's own task group, running one producer task that can be cancelled."""
 
-def _bind_to_running_backend() -> tuple[object, Callable[[], object], _WaiterFactory]:
+        async def __aenter__(self) -> object: ...
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> bool | None: ...
+        def start(self, function: Callable[[], Awaitable[None]]) -> None: ...
+        def cancel(self) -> None: ...
+
+
+@final
+class _Backend:
+    """What the rest of the module needs of one event loop library."""
+
+    __slots__ = ("checkpoint", "current_run", "task_group", "waiters")
+
+    def __init__(
+        self,
+        current_run: Callable[[], object],
+        waiters: Callable[[], _WaiterFactory],
+        checkpoint: Callable[[], Awaitable[None]],
+        task_group: Callable[[], _TaskGroup],
+    ) -> None:
+        self.current_run = current_run  # identifies the running loop or trio run
+        self.waiters = waiters
+        self.checkpoint = checkpoint
+        self.task_group = task_group
+
+
+_backends: dict[str, _Backend] = {}
+
+
+def _running_backend() -> _Backend:
     """Detect the running backend, as sniffio does, without importing any."""
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        loop = asyncio.events._get_running_loop()
-        if loop is not None:
-            # An asyncio loop (uvloop's too) makes the futures itself.
-            return loop, asyncio.events._get_running_loop, loop
+    if asyncio is not None and asyncio.events._get_running_loop() is not None:
+        if "asyncio" not in _backends:
+            _backends["asyncio"] = _make_asyncio_backend()
+        return _backends["asyncio"]
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
-        return _trio_backend()
+        if "trio" not in _backends:
+            _backends["trio"] = _make_trio_backend()
+        return _backends["trio"]
     raise ChannelError("a channel can only be used from a task running on asyncio, uvloop or trio")
 
 
-_trio: tuple[Callable[[], object], _WaiterFactory] | None = None
+def _make_asyncio_backend() -> _Backend:
+    import asyncio
+
+    @final
+    class _AsyncioTaskGroup:
+        __slots__ = ("_group", "_task")
+
+        def __init__(self) -> None:
+            self._group = asyncio.TaskGroup()
+            self._task: asyncio.Task[None] | None = None
+
+        async def __aenter__(self) -> object:
+            return await self._group.__aenter__()
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> bool | None:
+            await self._group.__aexit__(exc_type, exc, traceback)
+            return None
+
+        def start(self, function: Callable[[], Awaitable[None]]) -> None:
+            async def run() -> None:
+                await function()
+
+            self._task = self._group.create_task(run())
+
+        def cancel(self) -> None:
+            assert self._task is not None
+            self._task.cancel()
+
+    async def checkpoint() -> None:
+        await asyncio.sleep(0)
+
+    # The running loop both identifies the run and makes the futures.
+    running_loop = asyncio.events._get_running_loop
+    return _Backend(running_loop, running_loop, checkpoint, _AsyncioTaskGroup)  # type: ignore[arg-type]
 
 
-def _trio_backend() -> tuple[object, Callable[[], object], _WaiterFactory]:
-    global _trio
-    if _trio is None:
-        _trio = _make_trio_backend()
-    current_run, waiters = _trio
-    return current_run(), current_run, waiters
-
-
-def _make_trio_backend() -> tuple[Callable[[], object], _WaiterFactory]:
+def _make_trio_backend() -> _Backend:
+    import trio
     from outcome import Error, Value
     from trio.lowlevel import (
         Abort,
@@ -637,7 +1091,7 @@ def _make_trio_backend() -> tuple[Callable[[], object], _WaiterFactory]:
             self._outcome = Error(exception)
             reschedule(self._task, self._outcome)
 
-        def __await__(self) -> Any:
+        def __await__(self) -> Generator[Any, None, Any]:
             return wait_task_rescheduled(self._abort).__await__()  # noqa: ASYNC105
 
         def _abort(self, raise_cancel: object) -> Abort:
@@ -652,10 +1106,43 @@ def _make_trio_backend() -> tuple[Callable[[], object], _WaiterFactory]:
         def create_future(self) -> _TrioWaiter:
             return _TrioWaiter()
 
+    @final
+    class _TrioTaskGroup:
+        __slots__ = ("_manager", "_nursery", "_scope")
+
+        def __init__(self) -> None:
+            self._manager = trio.open_nursery()
+            self._scope = trio.CancelScope()
+            self._nursery: trio.Nursery | None = None
+
+        async def __aenter__(self) -> object:
+            self._nursery = await self._manager.__aenter__()
+            return self._nursery
+
+        async def __aexit__(
+            self,
+            exc_type: type[BaseException] | None,
+            exc: BaseException | None,
+            traceback: TracebackType | None,
+        ) -> bool | None:
+            return await self._manager.__aexit__(exc_type, exc, traceback)
+
+        def start(self, function: Callable[[], Awaitable[None]]) -> None:
+            async def run() -> None:
+                with self._scope:
+                    await function()
+
+            assert self._nursery is not None
+            self._nursery.start_soon(run)
+
+        def cancel(self) -> None:
+            self._scope.cancel()
+
     def current_trio_run() -> object:
         try:
             return current_root_task()
         except RuntimeError:  # not inside trio at all
             return None
 
-    return current_trio_run, _TrioWaiters()
+    waiters = _TrioWaiters()
+    return _Backend(current_trio_run, lambda: waiters, trio.lowlevel.checkpoint, _TrioTaskGroup)

@@ -26,7 +26,9 @@ from channel import (
     ChannelError,
     Itemize,
     ReceiverClosed,
+    ChannelStatistics,
     SenderFailed,
+    producer,
 )
 
 ROOT = Path(__file__).parent
@@ -910,18 +912,21 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
 
 
 @pytest.mark.anyio
-async def test_repr_shows_the_state_and_who_waits_never_the_items() -> None:
+async def test_repr_and_statistics_show_the_state_and_who_waits_never_the_items() -> None:
     c: Channel[str] = Channel()
-    assert repr(c) == "<Channel not started>"
+    assert repr(c) == "<Channel not started, 0 delivered>"
+    assert c.statistics() == ChannelStatistics("not started", False, 0, 0)
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce, c, ["secret"])
             await settle()
-            assert repr(c) == "<Channel open, 1 itemize waiting>"
+            assert repr(c) == "<Channel open, 1 itemize waiting, 0 delivered>"
+            assert c.statistics().producers_waiting == 1
             assert "secret" not in repr(c.sender) + repr(c.receiver)
             assert await anext(c.receiver) == "secret"
             assert await collect(c.receiver) == []
-            assert repr(c.receiver) == "<Receiver of channel ended>"
+            assert repr(c.receiver) == "<Receiver of channel ended, 1 delivered>"
+    assert c.statistics() == ChannelStatistics("ended", False, 0, 1)
     c2: Channel[str] = Channel()
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
@@ -932,31 +937,39 @@ async def test_repr_shows_the_state_and_who_waits_never_the_items() -> None:
 
             tg.start_soon(waiting)
             await settle()
-            assert repr(c2) == "<Channel not started, receiver waiting>"
+            assert repr(c2) == "<Channel not started, receiver waiting, 0 delivered>"
+            assert c2.statistics().receiver_waiting
             c2.receiver.close()
-    assert repr(c2) == "<Channel receiver closed>"
+    assert repr(c2) == "<Channel receiver closed, 0 delivered>"
     c3: Channel[str] = Channel()
     with pytest.raises(OSError, match="disk full"):
         async with c3.sender as itemize:
-            assert repr(itemize) == "<itemize of channel open>"
+            assert repr(itemize) == "<itemize of channel open, 0 delivered>"
             raise OSError("disk full")
-    assert repr(c3) == "<Channel failed (OSError)>"
+    assert repr(c3) == "<Channel failed, 0 delivered>"
+    assert repr(c3.statistics()) == (
+        "ChannelStatistics(state='failed', receiver_waiting=False, producers_waiting=0, "
+        "items_delivered=0)"
+    )
+    assert c3.statistics() != "failed"
 
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in vars(channel) if not name.startswith("_")}
     imported = {"annotations", "sys", "GenericAlias", "TYPE_CHECKING", "Generic", "Protocol"}
-    imported |= {"T", "T_co", "T_contra", "final"}
+    imported |= {"T", "T_co", "T_contra", "R", "R_co", "R_contra", "final"}
     assert set(channel.__all__) == public - imported
     assert sorted(channel.__all__) == [
         "Channel",
         "ChannelClosed",
         "ChannelError",
+        "ChannelStatistics",
         "Itemize",
         "Receiver",
         "ReceiverClosed",
         "Sender",
         "SenderFailed",
+        "producer",
     ]
 
 
