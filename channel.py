@@ -741,6 +741,8 @@ class _State:
 
     async def wait_for_first_ask(self) -> None:
         """Park a producer until the receiver first asks, as a new generator waits."""
+        if self.receiver_waiting is not None:  # it asked before the producer ran
+            return
         waiter = self.waiters.create_future()
         self.delivered = waiter  # the first ask wakes it, as it wakes an itemize
         try:

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ from channel import (
     Channel,
     ChannelClosed,
     ChannelError,
-    Itemize,
-    ReceiverClosed,
     ChannelStatistics,
+    Itemize,
+    Receiver,
+    ReceiverClosed,
     SenderFailed,
-    producer,
 )
 
 ROOT = Path(__file__).parent
@@ -906,6 +906,431 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
         return items
 
     assert _run_on(runner, main) == [1, 2]
+
+
+# --- Duplex: x = yield item becomes x = await itemize(item) -------------------------
+
+
+@pytest.mark.anyio
+async def test_asend_makes_the_waiting_itemize_return_the_value() -> None:
+    c: Channel[str, int] = Channel()
+    replies: list[int | None] = []
+
+    async def letters() -> None:
+        async with c.sender as itemize:
+            replies.append(await itemize("A"))
+            replies.append(await itemize("B"))
+
+    received: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(letters)
+            received.append(await c.receiver.asend(None))
+            received.append(await c.receiver.asend(10))
+            with pytest.raises(StopAsyncIteration):
+                await c.receiver.asend(20)
+    assert received == ["A", "B"]
+    assert replies == [10, 20]
+
+
+@pytest.mark.anyio
+async def test_anext_makes_itemize_return_none() -> None:
+    c: Channel[str, int] = Channel()
+    replies: list[int | None] = []
+
+    async def letters() -> None:
+        async with c.sender as itemize:
+            replies.append(await itemize("A"))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(letters)
+            assert await collect(c.receiver) == ["A"]
+    assert replies == [None]
+
+
+@pytest.mark.anyio
+async def test_asend_with_a_value_before_the_first_item_is_refused() -> None:
+    c: Channel[str, int] = Channel()
+    with pytest.raises(ChannelError, match=r"before the first item.*anext\(\) or asend\(None\)"):
+        await c.receiver.asend(1)
+
+
+# --- itemize.many: delegation like yield from ---------------------------------------
+
+
+@pytest.mark.anyio
+async def test_many_delivers_every_item_of_an_iterable_in_order() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize(-1)
+            assert await itemize.many(range(1000)) is None
+            await itemize.many([])
+            await itemize(1000)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await collect(c.receiver) == list(range(-1, 1001))
+    assert c.statistics().items_delivered == 1002
+
+
+@pytest.mark.anyio
+async def test_many_returns_the_generator_return_value_and_passes_replies_to_send() -> None:
+    c: Channel[str, int] = Channel()
+    seen: list[int | None] = []
+    returned: list[str] = []
+
+    def letters() -> Generator[str, int | None, str]:
+        for letter in "xyz":
+            seen.append((yield letter))
+        return "done"
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            returned.append(await itemize.many(letters()))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await c.receiver.asend(None) == "x"
+            assert await c.receiver.asend(1) == "y"
+            assert await c.receiver.asend(2) == "z"
+            with pytest.raises(StopAsyncIteration):
+                await c.receiver.asend(3)
+    assert seen == [1, 2, 3]
+    assert returned == ["done"]
+
+
+@pytest.mark.anyio
+async def test_many_returns_only_when_the_receiver_asks_for_more() -> None:
+    c: Channel[int] = Channel()
+    progress: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many([1, 2])
+            progress.append("many returned")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            assert await anext(c.receiver) == 2
+            await settle()
+            assert progress == []
+            with pytest.raises(StopAsyncIteration):
+                await anext(c.receiver)
+    assert progress == ["many returned"]
+
+
+@pytest.mark.anyio
+async def test_an_exception_in_the_iterable_surfaces_from_many_in_the_producer() -> None:
+    c: Channel[int] = Channel()
+    caught: list[str] = []
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise LookupError("bad source")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(failing())
+            except LookupError as exc:
+                caught.append(str(exc))
+            await itemize(2)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await collect(c.receiver) == [1, 2]
+    assert caught == ["bad source"]
+
+
+@pytest.mark.anyio
+async def test_an_uncaught_iterable_exception_fails_the_stream() -> None:
+    c: Channel[int] = Channel()
+
+    def failing() -> Iterator[int]:
+        raise LookupError("bad source")
+        yield 1
+
+    async def producer() -> None:
+        with pytest.raises(LookupError):
+            async with c.sender as itemize:
+                await itemize.many(failing())
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            with pytest.raises(SenderFailed) as failed:
+                await collect(c.receiver)
+    assert isinstance(failed.value.__cause__, LookupError)
+
+
+@pytest.mark.anyio
+async def test_closing_the_receiver_during_many_closes_the_generator() -> None:
+    c: Channel[int] = Channel()
+    events: list[str] = []
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            events.append("generator closed")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(numbers())
+            except ReceiverClosed:
+                events.append("many raised ReceiverClosed")
+                raise
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            async with c.receiver:
+                assert [await anext(c.receiver) for _ in range(3)] == [0, 1, 2]
+    assert events == ["generator closed", "many raised ReceiverClosed"]
+
+
+@pytest.mark.anyio
+async def test_cancelling_many_stops_the_delegation_and_closes_the_generator() -> None:
+    c: Channel[int] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            events.append("generator closed")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with scope:
+                await itemize.many(numbers())
+            await itemize(-1)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0
+            scope.cancel()
+            assert await collect(c.receiver) == [-1]
+    assert events == ["generator closed"]
+
+
+@pytest.mark.anyio
+async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(range(2048))
+
+    received: list[int] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0  # the delegation is running
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # delivered at the consumer's next scheduling point
+                async for item in c.receiver:
+                    received.append(item)
+            assert scope.cancelled_caught
+            assert 0 < len(received) <= 256
+            received += await collect(c.receiver)  # the interrupted item is not lost
+    assert received == list(range(1, 2048))
+
+
+@pytest.mark.anyio
+async def test_a_consumer_reading_a_long_many_stream_can_be_cancelled_without_loss() -> None:
+    c: Channel[int] = Channel()
+    received: list[int] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(range(5000))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            with anyio.CancelScope() as scope:
+                async for item in c.receiver:
+                    received.append(item)
+                    if item == 1000:
+                        tg.start_soon(_cancel_later, scope)
+            assert scope.cancelled_caught
+            received += await collect(c.receiver)
+    assert received == list(range(5000))
+
+
+async def _cancel_later(scope: anyio.CancelScope) -> None:
+    scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_many_from_several_tasks_and_single_items_keep_arrival_order() -> None:
+    c: Channel[str] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(itemize.many, ["a1", "a2"])
+            await settle()
+            workers.start_soon(itemize, "b")
+            await settle()
+            workers.start_soon(itemize.many, ["c1", "c2"])
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await settle()
+            assert await collect(c.receiver) == ["a1", "a2", "b", "c1", "c2"]
+
+
+@pytest.mark.anyio
+async def test_many_still_delegating_when_the_block_ends_raises_channel_closed() -> None:
+    c: Channel[int] = Channel()
+    outcome: list[str] = []
+
+    async def delegate(itemize: Itemize[int]) -> None:
+        try:
+            await itemize.many(range(10))
+        except ChannelClosed as exc:
+            outcome.append(str(exc))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(delegate, itemize)
+            await settle()
+            assert await anext(c.receiver) == 0
+    assert "not delivered" in outcome[0]
+
+
+# --- Batches ----------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_batches_take_what_is_ready_and_wait_only_for_the_first_item() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(range(10))
+            await itemize(10)
+            await itemize.many(range(11, 13))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            batches = [batch async for batch in c.receiver.batches(4)]
+    assert [item for batch in batches for item in batch] == list(range(13))
+    assert all(1 <= len(batch) <= 4 for batch in batches)
+    assert batches[:3] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_batches_need_a_positive_size() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Channel[int]().receiver.batches(0)
+
+
+# --- The structured producer ---------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_producer_runs_lazily_in_its_own_task_and_gives_the_receiver() -> None:
+    started: list[str] = []
+
+    @channel.producer
+    async def ticks(itemize: Itemize[int], n: int, *, step: int = 1) -> None:
+        started.append("started")
+        for i in range(0, n, step):
+            await itemize(i)
+
+    with anyio.fail_after(STEP):
+        async with ticks(6, step=2) as items:
+            assert isinstance(items, Receiver)
+            await settle()
+            assert started == []  # lazy: nothing runs before the first ask
+            assert await collect(items) == [0, 2, 4]
+    assert started == ["started"]
+    assert ticks.__name__ == "ticks"
+
+
+@pytest.mark.anyio
+async def test_a_producer_exception_comes_out_of_async_with_as_itself() -> None:
+    @channel.producer
+    async def failing(itemize: Itemize[int]) -> None:
+        await itemize(1)
+        raise KeyError("from the producer")
+
+    with anyio.fail_after(STEP), pytest.raises(KeyError, match="from the producer"):
+        async with failing() as items:
+            await collect(items)
+
+
+@pytest.mark.anyio
+async def test_leaving_a_producer_early_runs_its_cleanup_before_async_with_exits() -> None:
+    events: list[str] = []
+
+    @channel.producer
+    async def endless(itemize: Itemize[int]) -> None:
+        try:
+            i = 0
+            while True:
+                await itemize(i)
+                i += 1
+        finally:
+            events.append("producer cleanup")
+
+    with anyio.fail_after(STEP):
+        async with endless() as items:
+            async for i in items:
+                if i == 3:
+                    break
+        events.append("after async with")
+    assert events == ["producer cleanup", "after async with"]
+
+
+@pytest.mark.anyio
+async def test_a_producer_busy_elsewhere_is_stopped_promptly_when_the_consumer_leaves() -> None:
+    events: list[str] = []
+
+    @channel.producer
+    async def slow(itemize: Itemize[int]) -> None:
+        await itemize(1)
+        try:
+            await anyio.sleep(60)
+        finally:
+            events.append("producer stopped")
+
+    with anyio.fail_after(STEP), pytest.raises(ZeroDivisionError):
+        async with slow() as items:
+            assert await anext(items) == 1
+            with anyio.move_on_after(0.05):
+                await anext(items)  # the producer is now asleep, not in itemize
+            _ = 1 / 0
+    assert events == ["producer stopped"]
+
+
+@pytest.mark.anyio
+async def test_a_producer_context_cannot_be_entered_twice() -> None:
+    @channel.producer
+    async def one(itemize: Itemize[int]) -> None:
+        await itemize(1)
+
+    context = one()
+    async with context as items:
+        assert await collect(items) == [1]
+    with pytest.raises(ChannelError, match="already entered"):
+        async with context:
+            pass
 
 
 # --- Introspection, names, import -------------------------------------------------------
