@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     R_co = TypeVar("R_co", covariant=True, default=None)  # itemize only gives replies out
     R_contra = TypeVar("R_contra", contravariant=True, default=None)  # a Receiver takes them
     V = TypeVar("V")  # the return value of a generator that `many` delegates to
+    Reply = TypeVar("Reply")  # R where it must be inferred (no default may precede P)
     P = ParamSpec("P")  # the parameters of a @producer function, after `itemize`
 else:
     # `typing` takes longer to import than this whole module. At run time these
@@ -185,6 +186,7 @@ class Itemize(Protocol[T_contra, R_co]):
         Cancellation: if the receiver had not yet taken the item, the item is
         withdrawn and will never be delivered; if it had, it stays delivered.
         """
+        ...
 
     if TYPE_CHECKING:
 
@@ -213,6 +215,7 @@ class Itemize(Protocol[T_contra, R_co]):
             Cancellation: stops the delegation (a generator is closed); the items
             already taken stay delivered, the rest are never pulled.
             """
+            ...
 
 
 @final
@@ -411,8 +414,9 @@ class Receiver(Generic[T_co, R_contra]):
                 ChannelError: Another task is already waiting on this receiver, or
                     the channel belongs to another event loop.
             """
+            ...
 
-        async def asend(self, reply: R_contra, /) -> T_co:
+        async def asend(self, reply: R_contra | None, /) -> T_co:
             """Ask for the next item, as ``__anext__``, and make ``itemize`` return ``reply``.
 
             The ``await itemize(item)`` (or the generator in ``itemize.many``) that
@@ -421,6 +425,7 @@ class Receiver(Generic[T_co, R_contra]):
             :exc:`ChannelError` if ``reply`` is not ``None`` before the first item,
             when no ``itemize`` waits for a reply yet.
             """
+            ...
 
     else:
         # Both are `_ask`, without an extra call per item: anext() is asend(None).
@@ -480,7 +485,7 @@ class _Batches(Generic[T_co]):
 
     async def __anext__(self) -> list[T_co]:
         batch = [await self._receiver.__anext__()]
-        state = self._receiver._state
+        state = self._receiver._state  # pyright: ignore[reportPrivateUsage]
         while len(batch) < self._max_items:
             item = state.take_ready(None)
             if item is _NOTHING:
@@ -537,8 +542,8 @@ class ChannelStatistics:
 
 
 def producer(
-    function: Callable[Concatenate[Itemize[T, R], P], Awaitable[None]],
-) -> Callable[P, AbstractAsyncContextManager[Receiver[T, R]]]:
+    function: Callable[Concatenate[Itemize[T, Reply], P], Awaitable[None]],
+) -> Callable[P, AbstractAsyncContextManager[Receiver[T, Reply]]]:
     """Turn a coroutine function whose first parameter is ``itemize`` into a structured producer.
 
     Calling the decorated function returns an async context manager. Entering it
@@ -564,7 +569,7 @@ def producer(
       ``async with`` exits.
     """
 
-    def start(*args: P.args, **kwargs: P.kwargs) -> _Producing[T, R]:
+    def start(*args: P.args, **kwargs: P.kwargs) -> _Producing[T, Reply]:
         return _Producing(function, args, kwargs)
 
     start.__name__ = function.__name__
@@ -608,7 +613,7 @@ class _Producing(Generic[T, R]):
     async def _produce(self) -> None:
         assert self._channel is not None
         async with self._channel.sender as itemize:
-            await self._channel._state.wait_for_first_ask()
+            await self._channel._state.wait_for_first_ask()  # pyright: ignore[reportPrivateUsage]
             await self._function(itemize, *self._args, **self._kwargs)
 
     async def __aexit__(
@@ -776,14 +781,15 @@ class _State:
 
     def pull(self, reply: Any) -> Any:
         """The next item of the delegation, or ``_NOTHING`` once it has ended."""
-        source, waiter = self.source, self.delivered
+        source: Any = self.source  # an iterator; a generator also has .send()
+        waiter = self.delivered
         assert source is not None
         assert waiter is not None
         if waiter.done():  # the `many` call was cancelled
             self.stop_delegating()
             return _NOTHING
         try:
-            item = next(source) if reply is None else source.send(reply)  # type: ignore[attr-defined]
+            item = next(source) if reply is None else source.send(reply)
         except StopIteration as stop:
             self.source = self.delivered = None
             waiter.set_result(stop.value)

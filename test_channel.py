@@ -966,7 +966,7 @@ async def test_many_delivers_every_item_of_an_iterable_in_order() -> None:
     async def producer() -> None:
         async with c.sender as itemize:
             await itemize(-1)
-            assert await itemize.many(range(1000)) is None
+            await itemize.many(range(1000))
             await itemize.many([])
             await itemize(1000)
 
@@ -1213,6 +1213,35 @@ async def test_many_still_delegating_when_the_block_ends_raises_channel_closed()
     assert "not delivered" in outcome[0]
 
 
+@pytest.mark.anyio
+async def test_many_after_the_receiver_closed_raises_receiver_closed() -> None:
+    c: Channel[int] = Channel()
+    c.receiver.close()
+    async with c.sender as itemize:
+        with pytest.raises(ReceiverClosed):
+            await itemize.many([1, 2])
+
+
+@pytest.mark.anyio
+async def test_a_delegation_cancelled_as_the_block_ends_is_not_woken_twice() -> None:
+    c: Channel[int] = Channel()
+    scope = anyio.CancelScope()
+    outcome: list[str] = []
+
+    async def delegate(itemize: Itemize[int]) -> None:
+        with scope:
+            await itemize.many(range(10))
+        outcome.append("cancelled" if scope.cancelled_caught else "not cancelled")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(delegate, itemize)
+            await settle()
+            assert await anext(c.receiver) == 0
+            scope.cancel()  # and the block ends in the same step
+    assert outcome == ["cancelled"]
+
+
 # --- Batches ----------------------------------------------------------------------
 
 
@@ -1317,6 +1346,38 @@ async def test_a_producer_busy_elsewhere_is_stopped_promptly_when_the_consumer_l
                 await anext(items)  # the producer is now asleep, not in itemize
             _ = 1 / 0
     assert events == ["producer stopped"]
+
+
+@pytest.mark.anyio
+async def test_a_producer_left_before_the_first_ask_never_runs() -> None:
+    started: list[str] = []
+
+    @channel.producer
+    async def never(itemize: Itemize[int]) -> None:
+        started.append("started")
+        await itemize(1)
+
+    with anyio.fail_after(STEP):
+        async with never():
+            await settle()
+    assert started == []
+
+
+@pytest.mark.anyio
+async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> None:
+    @channel.producer
+    async def failing(itemize: Itemize[int]) -> None:
+        try:
+            await itemize(1)
+        finally:
+            raise KeyError("producer")
+
+    with anyio.fail_after(STEP), pytest.raises(BaseExceptionGroup) as group:
+        async with failing() as items:
+            await anext(items)
+            raise ValueError("consumer")
+    assert group.group_contains(KeyError)
+    assert group.group_contains(ValueError)
 
 
 @pytest.mark.anyio
