@@ -1658,7 +1658,43 @@ async def consume(c: Channel[str]) -> list[str]:
     return [item.upper() async for item in c.receiver]
 """
 
+TYPING_ACCEPTED += """
+from collections.abc import Generator
+
+async def replies_are_typed(c: Channel[str, int]) -> int:
+    reply = 0
+    async with c.sender as itemize:
+        reply = await itemize("x")
+    return reply
+
+def replies_widen(i: Itemize[str, bool]) -> Itemize[str, int]:
+    return i  # itemize is covariant in the reply
+
+def receiver_takes_narrower_replies(r: Receiver[str, int]) -> Receiver[str, bool]:
+    return r  # a Receiver that sends ints can send bools
+
+def gen() -> Generator[str, int, float]:
+    yield "a"
+    return 1.0
+
+async def many_returns_the_generator_value(c: Channel[str, int]) -> float:
+    result = 0.0
+    async with c.sender as itemize:
+        result = await itemize.many(gen())
+    return result
+"""
+
 TYPING_REJECTED = {
+    "reply_is_covariant_in_itemize": """
+from channel import Itemize
+def narrow(i: Itemize[str, int]) -> Itemize[str, bool]:
+    return i
+""",
+    "asend_takes_the_reply_type": """
+from channel import Channel
+async def consumer(c: Channel[str, int]) -> None:
+    await c.receiver.asend("not an int")
+""",
     "itemize_is_contravariant": """
 from channel import Channel, Itemize
 async def takes_object_itemize(itemize: Itemize[object]) -> None: ...
