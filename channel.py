@@ -584,7 +584,7 @@ def producer(
 class _Producing(Generic[T, R]):
     """The async context manager that a :func:`producer` function returns."""
 
-    __slots__ = ("_args", "_channel", "_function", "_kwargs", "_tasks")
+    __slots__ = ("_args", "_cancelled", "_channel", "_function", "_kwargs", "_tasks")
 
     def __init__(
         self,
@@ -597,6 +597,7 @@ class _Producing(Generic[T, R]):
         self._kwargs = kwargs
         self._channel: Channel[T, R] | None = None
         self._tasks: _TaskGroup | None = None
+        self._cancelled: type[BaseException] = BaseException
 
     async def __aenter__(self) -> Receiver[T, R]:
         if self._channel is not None:
@@ -605,16 +606,27 @@ class _Producing(Generic[T, R]):
                 "again for a new stream"
             )
         self._channel = Channel()
-        self._tasks = _running_backend().task_group()
+        backend = _running_backend()
+        self._cancelled = backend.cancelled
+        self._tasks = backend.task_group()
         await self._tasks.__aenter__()
         self._tasks.start(self._produce)
         return self._channel.receiver
 
     async def _produce(self) -> None:
         assert self._channel is not None
-        async with self._channel.sender as itemize:
-            await self._channel._state.wait_for_first_ask()  # pyright: ignore[reportPrivateUsage]
-            await self._function(itemize, *self._args, **self._kwargs)
+        try:
+            async with self._channel.sender as itemize:
+                await self._channel._state.wait_for_first_ask()  # pyright: ignore[reportPrivateUsage]
+                await self._function(itemize, *self._args, **self._kwargs)
+        except BaseExceptionGroup as group:
+            if not self._channel.receiver._state.receiver_closed:  # pyright: ignore[reportPrivateUsage]
+                raise
+            # Other errors came with the stop signals, so the sender block kept
+            # the group; the stop signals mean nothing to the consumer.
+            errors = group.split(ReceiverClosed)[1]
+            assert errors is not None  # a group of nothing else was absorbed
+            raise errors from errors.__cause__
 
     async def __aexit__(
         self,
@@ -624,13 +636,18 @@ class _Producing(Generic[T, R]):
     ) -> bool:
         assert self._channel is not None
         assert self._tasks is not None
-        self._channel.receiver.close()  # a producer waiting in itemize ends quietly
-        self._tasks.cancel()  # one busy elsewhere is stopped; both run their cleanup
+        state = self._channel._state  # pyright: ignore[reportPrivateUsage]
+        in_itemize = state.delivered is not None or bool(state.queue)
+        # A producer waiting in itemize ends quietly by ReceiverClosed, as a
+        # generator by GeneratorExit; one busy elsewhere must be cancelled.
+        state.close_receiver()
+        if not in_itemize:
+            self._tasks.cancel()
         try:
             await self._tasks.__aexit__(exc_type, exc, traceback)
         except BaseExceptionGroup as group:
-            errors = _without_echoes(group.exceptions)
-            if len(errors) != 1:
+            errors = self._what_to_raise(group.exceptions)
+            if len(errors) > 1:
                 raise group.derive(errors) from group.__cause__
             error = errors[0]
             try:
@@ -639,14 +656,20 @@ class _Producing(Generic[T, R]):
                 del error, errors, group  # no reference cycle through this frame
         return False
 
+    def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
+        """The exceptions the consumer should see, from what the task group raised.
 
-def _without_echoes(errors: Sequence[BaseException]) -> list[BaseException]:
-    """Drop the receiver's SenderFailed when the producer's own exception is there too."""
-    return [
-        error
-        for error in errors
-        if not (isinstance(error, SenderFailed) and any(error.__cause__ is e for e in errors))
-    ]
+        Drops the receiver's SenderFailed when the producer's own exception is
+        there, and cancellations beside a real error; several cancellations
+        become one.
+        """
+        kept = [
+            error
+            for error in errors
+            if not (isinstance(error, SenderFailed) and any(error.__cause__ is e for e in errors))
+        ]
+        real = [error for error in kept if not isinstance(error, self._cancelled)]
+        return real or kept[:1]
 
 
 def _only_receiver_closed(exc: BaseException) -> bool:
@@ -985,7 +1008,7 @@ if TYPE_CHECKING:
 class _Backend:
     """What the rest of the module needs of one event loop library."""
 
-    __slots__ = ("checkpoint", "current_run", "task_group", "waiters")
+    __slots__ = ("cancelled", "checkpoint", "current_run", "task_group", "waiters")
 
     def __init__(
         self,
@@ -993,11 +1016,13 @@ class _Backend:
         waiters: Callable[[], _WaiterFactory],
         checkpoint: Callable[[], Awaitable[None]],
         task_group: Callable[[], _TaskGroup],
+        cancelled: type[BaseException],
     ) -> None:
         self.current_run = current_run  # identifies the running loop or trio run
         self.waiters = waiters
         self.checkpoint = checkpoint
         self.task_group = task_group
+        self.cancelled = cancelled  # the exception a cancelled task raises
 
 
 _backends: dict[str, _Backend] = {}
@@ -1056,7 +1081,13 @@ def _make_asyncio_backend() -> _Backend:
 
     # The running loop both identifies the run and makes the futures.
     running_loop = asyncio.events._get_running_loop
-    return _Backend(running_loop, running_loop, checkpoint, _AsyncioTaskGroup)  # type: ignore[arg-type]
+    return _Backend(
+        running_loop,
+        running_loop,  # type: ignore[arg-type]
+        checkpoint,
+        _AsyncioTaskGroup,
+        asyncio.CancelledError,
+    )
 
 
 def _make_trio_backend() -> _Backend:
@@ -1153,4 +1184,6 @@ def _make_trio_backend() -> _Backend:
             return None
 
     waiters = _TrioWaiters()
-    return _Backend(current_trio_run, lambda: waiters, trio.lowlevel.checkpoint, _TrioTaskGroup)
+    return _Backend(
+        current_trio_run, lambda: waiters, trio.lowlevel.checkpoint, _TrioTaskGroup, trio.Cancelled
+    )
