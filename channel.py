@@ -659,17 +659,15 @@ class _Producing(Generic[T, R]):
     def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
         """The exceptions the consumer should see, from what the task group raised.
 
-        Drops the receiver's SenderFailed when the producer's own exception is
-        there, and cancellations beside a real error; several cancellations
-        become one.
+        The producer's own exceptions, without the SenderFailed through which the
+        receiver saw them (trio copies exception groups, so they are matched by
+        presence, not identity), and without cancellations beside a real error;
+        several cancellations become one.
         """
-        kept = [
-            error
-            for error in errors
-            if not (isinstance(error, SenderFailed) and any(error.__cause__ is e for e in errors))
-        ]
-        real = [error for error in kept if not isinstance(error, self._cancelled)]
-        return real or kept[:1]
+        real = [error for error in errors if not isinstance(error, self._cancelled)]
+        if len(real) > 1:
+            real = [error for error in real if not isinstance(error, SenderFailed)]
+        return real or list(errors[:1])
 
 
 def _only_receiver_closed(exc: BaseException) -> bool:

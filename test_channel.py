@@ -1383,6 +1383,22 @@ async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> N
 
 
 @pytest.mark.anyio
+async def test_a_producers_own_exception_group_comes_out_as_that_group() -> None:
+    @channel.producer
+    async def grouped(itemize: Itemize[int]) -> None:
+        await itemize(1)
+        raise ExceptionGroup("the producer's own", [KeyError("a"), ValueError("b")])
+
+    with anyio.fail_after(STEP), pytest.raises(ExceptionGroup) as group:
+        async with grouped() as items:
+            await anext(items)
+            await anext(items)
+    assert group.value.message == "the producer's own"
+    assert group.group_contains(KeyError)
+    assert group.group_contains(ValueError)
+
+
+@pytest.mark.anyio
 async def test_a_producer_context_cannot_be_entered_twice() -> None:
     @channel.producer
     async def one(itemize: Itemize[int]) -> None:
@@ -2268,7 +2284,7 @@ def test_no_anyio_at_run_time() -> None:
         import trio
         from channel import producer
 
-        @channel.producer
+        @producer
         async def agen(itemize, n):
             for i in range(n):
                 await itemize(i)
