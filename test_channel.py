@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
 from pathlib import Path
@@ -888,6 +889,30 @@ def test_a_channel_used_from_a_second_event_loop_is_refused(first: str, second: 
 
     _run_on(first, start)
     _run_on(second, use_again)
+
+
+def test_a_channel_used_from_a_loop_in_another_thread_is_refused() -> None:
+    c: Channel[int] = Channel()
+    bound = threading.Event()
+    release = threading.Event()
+
+    async def owner() -> None:
+        async with c.sender:
+            bound.set()
+            await asyncio.to_thread(release.wait, STEP)  # this loop keeps running
+
+    async def intruder() -> None:
+        with pytest.raises(ChannelError, match="belongs to another event loop"):
+            await anext(c.receiver)
+
+    thread = threading.Thread(target=asyncio.run, args=(owner(),))
+    thread.start()
+    try:
+        assert bound.wait(STEP)
+        asyncio.run(intruder())
+    finally:
+        release.set()
+        thread.join(STEP)
 
 
 def test_a_channel_used_outside_any_event_loop_is_refused() -> None:
