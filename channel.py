@@ -565,9 +565,12 @@ def producer(
     - An exception in the function comes out of the ``async with`` as itself (an
       exception group only when there are several exceptions), not as the
       :exc:`SenderFailed` the receiver saw.
-    - Leaving the ``async with`` in any way closes the receiver and cancels the
-      producer task, and waits for it: its ``finally`` blocks have run when the
-      ``async with`` exits.
+    - Leaving the ``async with`` in any way closes the receiver, so a producer
+      waiting in ``itemize`` gets :exc:`ReceiverClosed` (as a generator gets
+      ``GeneratorExit``); a producer busy elsewhere is cancelled. Either way the
+      ``async with`` waits for it: its ``finally`` blocks have run when it exits.
+    - Several cancellations reach the consumer as one; the producer's stop
+      signals never reach it.
     """
 
     def start(*args: P.args, **kwargs: P.kwargs) -> _Producing[T, Reply]:
