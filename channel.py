@@ -707,6 +707,18 @@ class _Source:
         self.iterator = iterator
 
 
+def _drop(item: Any) -> None:
+    """Let go of a queued item that will never be delivered; a delegation is closed."""
+    if type(item) is _Source:
+        _close_iterator(item.iterator)
+
+
+def _close_iterator(iterator: object) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
+
+
 class _State:
     """What both ends of one channel share.
 
@@ -771,6 +783,8 @@ class _State:
 
     async def wait_for_first_ask(self) -> None:
         """Park a producer until the receiver first asks, as a new generator waits."""
+        if self.receiver_closed:  # closed before the producer ran: it never starts
+            raise _receiver_closed()
         if self.receiver_waiting is not None:  # it asked before the producer ran
             return
         waiter = self.waiters.create_future()
@@ -793,6 +807,7 @@ class _State:
         while self.queue:
             waiter, item = self.queue.pop(0)
             if waiter.done():  # a cancelled producer withdrew its item
+                _drop(item)
                 continue
             self.delivered = waiter
             if type(item) is not _Source:
@@ -828,9 +843,7 @@ class _State:
 
     def stop_delegating(self) -> None:
         source, self.source = self.source, None
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
+        _close_iterator(source)
 
     def withdraw(self, waiter: _Waiter) -> None:
         """Unlink a producer's waiter after its ``itemize`` was interrupted."""
@@ -838,7 +851,11 @@ class _State:
             self.delivered = None
             self.stop_delegating()
         elif self.queue:
-            self.queue = [entry for entry in self.queue if entry[0] is not waiter]
+            for entry in self.queue:
+                if entry[0] is waiter:
+                    self.queue.remove(entry)
+                    _drop(entry[1])
+                    break
 
     def receiver_cancelled(self, waiter: _Waiter) -> None:
         """Unlink the receiver's waiter; keep an item that reached it too late."""
@@ -868,7 +885,8 @@ class _State:
             producer.set_result(None)
         # Other tasks still waiting to hand an item over: it was never taken.
         queue, self.queue = self.queue, None
-        for waiter, _ in queue or ():
+        for waiter, item in queue or ():
+            _drop(item)
             if not waiter.done():
                 waiter.set_exception(_block_ended())
 
@@ -882,7 +900,9 @@ class _State:
         queue, self.queue = self.queue, None
         self.stop_delegating()
         waiting = [producer] if producer is not None else []
-        waiting += [waiter for waiter, _ in queue or ()]
+        for waiter, item in queue or ():
+            _drop(item)
+            waiting.append(waiter)
         for waiter in waiting:
             if not waiter.done():
                 waiter.set_exception(_receiver_closed())

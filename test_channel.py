@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import re
 import subprocess
@@ -689,6 +690,34 @@ async def test_a_producer_cancelled_in_the_same_step_as_the_ask_is_skipped() -> 
 
 
 @pytest.mark.anyio
+async def test_a_cancelled_producer_at_the_head_of_the_queue_is_skipped_in_order() -> None:
+    c: Channel[str] = Channel()
+    scope = anyio.CancelScope()
+
+    async def head(itemize: Itemize[str]) -> None:
+        with scope:
+            await itemize("withdrawn")
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(head, itemize)
+            await settle()
+            workers.start_soon(itemize, "b")
+            await settle()
+            workers.start_soon(itemize, "c")
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 3)
+            scope.cancel()  # the head is cancelled, but has not run yet
+            assert await anext(c.receiver) == "b"  # skips the head
+            await settle()  # the head tidies up while "c" still waits
+            assert await collect(c.receiver) == ["c"]
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["end the block", "close the receiver"])
 async def test_ending_in_the_same_step_as_a_cancellation_wakes_nobody_twice(how: str) -> None:
     c: Channel[str] = Channel()
@@ -1269,6 +1298,47 @@ async def test_a_delegation_cancelled_as_the_block_ends_is_not_woken_twice() -> 
     assert outcome == ["cancelled"]
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["cancel it", "close the receiver", "end the block"])
+async def test_a_queued_delegation_that_never_starts_closes_its_generator(how: str) -> None:
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "never delivered"
+        finally:
+            events.append("generator closed")
+
+    source = letters()
+    next(source)  # started by its owner, so it has cleanup to do
+
+    async def delegate(itemize: Itemize[str]) -> None:
+        with scope, contextlib.suppress(ReceiverClosed, ChannelClosed):
+            await itemize.many(source)
+
+    async def first(itemize: Itemize[str]) -> None:
+        with contextlib.suppress(ReceiverClosed, ChannelClosed):
+            await itemize("first")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(first, itemize)
+            await settle()
+            tg.start_soon(delegate, itemize)  # waits in the queue behind "first"
+            await settle()
+            if how == "cancel it":
+                scope.cancel()
+                await settle()
+            elif how == "close the receiver":
+                c.receiver.close()
+            else:
+                assert await anext(c.receiver) == "first"
+                tg.cancel_scope.cancel()
+    assert events == ["generator closed"]
+
+
 # --- Batches ----------------------------------------------------------------------
 
 
@@ -1421,6 +1491,22 @@ async def test_a_producers_own_exception_group_comes_out_as_that_group() -> None
     assert group.value.message == "the producer's own"
     assert group.group_contains(KeyError)
     assert group.group_contains(ValueError)
+
+
+@pytest.mark.anyio
+async def test_a_producer_whose_receiver_closed_before_it_started_ends_at_once() -> None:
+    started: list[str] = []
+
+    @channel.producer
+    async def numbers(itemize: Itemize[int]) -> None:
+        started.append("started")
+        await itemize(1)
+
+    with anyio.fail_after(STEP):
+        async with numbers() as items:
+            await items.aclose()
+            await settle()  # the producer task runs, and finds the receiver closed
+    assert started == []
 
 
 @pytest.mark.anyio
