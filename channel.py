@@ -676,8 +676,10 @@ class _Producing(Generic[T, R]):
 
 def _only_receiver_closed(exc: BaseException) -> bool:
     """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
-    others = BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1]
-    return others is None
+    if not isinstance(exc, BaseExceptionGroup):
+        return isinstance(exc, ReceiverClosed)
+    # Wrapped once more, so that type checkers know the type of the split.
+    return BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1] is None
 
 
 # --- The shared state ------------------------------------------------------------
@@ -1058,16 +1060,17 @@ _backends: dict[str, _Backend] = {}
 
 def _running_backend() -> _Backend:
     """Detect the running backend, as sniffio does, without importing any."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio.events._get_running_loop() is not None:
-        if "asyncio" not in _backends:
-            _backends["asyncio"] = _make_asyncio_backend()
-        return _backends["asyncio"]
+    # trio first: in guest mode, trio runs inside a running asyncio loop.
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_task():
         if "trio" not in _backends:
             _backends["trio"] = _make_trio_backend()
         return _backends["trio"]
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio.events._get_running_loop() is not None:
+        if "asyncio" not in _backends:
+            _backends["asyncio"] = _make_asyncio_backend()
+        return _backends["asyncio"]
     raise ChannelError("a channel can only be used from a task running on asyncio, uvloop or trio")
 
 

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import gc
+import inspect
+import itertools
+import os
+import random
 import re
 import subprocess
 import sys
 import textwrap
 import threading
+import tracemalloc
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import pytest
 import trio
 import uvloop
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mypy import api
 
 import channel
@@ -2774,3 +2785,2337 @@ def test_mypy_rejects_what_the_variance_forbids(
     output, status = _mypy(TYPING_REJECTED[name], tmp_path)
     assert status == 1, output
     assert "error:" in output
+
+
+# === Reliability: no item lost, duplicated or stuck, under any cancellation ================
+#
+# Longer runs: CHANNEL_HYPOTHESIS_EXAMPLES (default 60 per backend), CHANNEL_TRIO_SEEDS (2),
+# CHANNEL_STRESS_SECONDS (0.5), CHANNEL_STRESS_CHANNELS (10,000), CHANNEL_LEAK_CHANNELS
+# (100,000), CHANNEL_TRACED_CHANNELS (3,000), CHANNEL_LEAK_TRACEMALLOC (1 traces the
+# 100,000 channels too).
+#
+# 1. Systematic cancellation (`test_cancelling_at_every_scheduling_point`). Each scenario
+#    (one producer; three producers sharing ``itemize``; stragglers that share it from
+#    outside the block; when the library has them, a duplex stream with ``asend`` replies
+#    and ``itemize.many``, a 300-item delegation (the receiver's checkpoint every 256
+#    items), and a ``batches`` consumer; and, in its own test, a ``@producer`` function)
+#    is run again and again: run number k cancels the producer, the receiver, or both (or
+#    closes the receiver) just before scheduling point number k, for k = 0, 1, 2, ...
+#    until a run ends without reaching point k. Each scenario also runs at three paces
+#    (who passes more scheduling points per item), so that both a parked receiver and
+#    queued producers are hit.
+#
+#    A *scheduling point* is one resumption of a task (or other callback) by the event
+#    loop. It is counted by instrumenting the loop, so the count is deterministic and the
+#    cancellation happens between two steps, exactly where another task could have done it:
+#
+#    - asyncio and uvloop: the running loop's ``call_soon`` is replaced (on the loop
+#      instance, for the run) by a wrapper whose callbacks count themselves before they
+#      run. Every task step and wake-up (``Task.__step``/``__wakeup``, future callbacks,
+#      anyio's cancellation retries) goes through ``call_soon``, and the ready queue is
+#      FIFO, so every run with the same k replays the same sequence.
+#    - trio: a ``trio.abc.Instrument`` counts ``before_task_step``. trio shuffles each
+#      batch of runnable tasks with its module's ``random.Random`` (and sorts the batch
+#      first while Hypothesis is imported, as here); the harness reseeds it at the start
+#      of each run, so each run replays the same schedule, and it explores two seeds, so
+#      that tasks that become runnable together also run in another order.
+#
+#    `test_the_harness_is_deterministic` checks that two runs with the same k pass the
+#    same points and do the same things.
+#
+#    Two ways to cancel: an anyio ``CancelScope`` (both backends), and on asyncio/uvloop
+#    a raw ``task.cancel()``, which, unlike anyio's scope, also cancels a task whose
+#    future already has its result (the item was handed over, the task has not resumed).
+#    Cancelling "per operation" wraps each ``itemize``/``anext`` in its own scope and goes
+#    on afterwards (a timeout around one call); cancelling the "whole" task ends it (the
+#    producer's block fails; the receiver, inside ``async with c.receiver``, closes).
+#
+#    After every run: the items received are a subsequence of the items offered, in the
+#    order the ``itemize`` calls arrived; none twice; every ``itemize`` that returned
+#    normally had its item received, and returned the reply sent for exactly that item
+#    (None from ``anext``); an item still untaken in the queue when its producer was
+#    cancelled is never received; no item of a call that raised ``ChannelClosed`` is;
+#    every item a generator gave to ``itemize.many`` was received, and no generator was
+#    left suspended; every ``itemize`` ended in a way the plan allows; the receiver ended
+#    as the block did (``StopAsyncIteration`` only after a clean end, ``SenderFailed``
+#    with the block's own exception as ``__cause__``); when only ``anext`` is cancelled,
+#    every item arrived, in order; every task finished (``fail_after``; for ``@producer``
+#    a watchdog detects a consumer that can no longer leave ``async with``); the asyncio
+#    loop's exception handler was never called.
+#
+# 2. Model-based testing (`test_random_programs_follow_the_model`): Hypothesis draws
+#    programs of itemize / itemize.many / anext / asend / cancel / time out (a deadline,
+#    so the timer path) / raw task.cancel / cancel-then-anext in one step / close / aclose
+#    / end the block cleanly, with an error or by cancellation, and runs them one step at
+#    a time on worker tasks sharing one channel; after every step what completed, with
+#    what value or exact exception, what still waits, the generators' replies and
+#    ``Channel.statistics()`` are compared with a small reference model of the semantics.
+#
+# 3. Stress (`test_stress_many_channels_at_once`): 10,000 channels at once with random
+#    timeouts (0, 0.1 ms, 1 ms), scope and raw cancellations, failed blocks and early
+#    closes; then every channel must finish (zero stuck), with the invariants of part 1
+#    on each (zero lost, zero duplicated).
+#
+# 4. Leaks: 100,000 channels created, used and closed, a quarter each by a clean end, a
+#    failed block, a closed receiver and cancellation, leave no gc objects, memory blocks
+#    or gc.garbage behind (`test_no_memory_is_kept_after_100000_channels`); tracemalloc
+#    shows that a round of channels gives back what it took, in total and in channel.py
+#    (`test_no_memory_is_kept_traced`); the per-item path of anext, asend, itemize.many
+#    and batches creates no reference cycle
+#    (`test_the_per_item_path_creates_no_reference_cycles`).
+#
+# 5. Misuse (`test_misuse_is_loud`): one table of every misuse, with the exact exception
+#    type and a message substring; closing twice is harmless. Also: exceptions travel as
+#    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
+#    guest mode on asyncio (BUG-3, strict xfail).
+
+RUN_LIMIT = 10  # seconds: a hang detector; every run here takes milliseconds
+HARNESS = "cancelled by the reliability harness"  # the message of its raw asyncio cancels
+CANCELLED = (asyncio.CancelledError, trio.Cancelled)
+
+
+def _env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _on_trio() -> bool:
+    return trio.lowlevel.in_trio_task()
+
+
+async def checkpoint() -> None:
+    await anyio.lowlevel.checkpoint()
+
+
+@contextlib.contextmanager
+def collecting_by_hand() -> Iterator[None]:
+    """Turn off the automatic cyclic GC; the caller collects (young generations) itself.
+
+    With tens of thousands of live tasks and exceptions, automatic collections rescan
+    everything again and again and take half of the time. Nothing here relies on them.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
+
+
+# ==========================================================================================
+# 1. Systematic cancellation at every scheduling point
+# ==========================================================================================
+
+
+class Stepper:
+    """Counts scheduling points once armed, and runs `action` just before point number k."""
+
+    def __init__(self, k: int, action: Callable[[], None]) -> None:
+        self.k = k
+        self.action = action
+        self.armed = False
+        self.count = 0
+        self.fired = False
+        self.error: BaseException | None = None
+        self.trace: list[str] = []
+        self.ignored: set[object] = set()  # tasks whose steps do not count (watchdogs)
+
+    def step(self, what: str, task: object = None) -> None:
+        if not self.armed or task in self.ignored:
+            return
+        if self.count == self.k:
+            self.fired = True
+            try:
+                self.action()
+            except BaseException as exc:
+                self.error = exc
+        self.count += 1
+        self.trace.append(what)
+
+
+def _callback_name(callback: Callable[..., Any]) -> str:
+    name = getattr(callback, "__qualname__", None) or type(callback).__name__
+    owner = getattr(callback, "__self__", None)
+    return f"{type(owner).__name__}.{name}" if owner is not None else name
+
+
+class _TrioSteps(trio.abc.Instrument):
+    def __init__(self, stepper: Stepper) -> None:
+        self.stepper = stepper
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.stepper.step(task.name, task)
+
+
+@contextlib.contextmanager
+def counting_scheduling_points(stepper: Stepper, seed: int) -> Iterator[list[dict[str, Any]]]:
+    """Feed every scheduling point of the running loop to `stepper`; yield the loop's errors.
+
+    The yielded list collects whatever reaches the asyncio loop's exception handler
+    ("Future exception was never retrieved", "Task was destroyed but it is pending", ...).
+    """
+    errors: list[dict[str, Any]] = []
+    if _on_trio():
+        scheduler_random = getattr(getattr(trio._core, "_run", None), "_r", None)
+        if scheduler_random is not None:
+            scheduler_random.seed(seed)
+        instrument = _TrioSteps(stepper)
+        trio.lowlevel.add_instrument(instrument)
+        try:
+            yield errors
+        finally:
+            trio.lowlevel.remove_instrument(instrument)
+        return
+
+    loop = asyncio.get_running_loop()
+    original = loop.call_soon
+
+    def run_counted(callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        stepper.step(_callback_name(callback), getattr(callback, "__self__", None))
+        callback(*args)
+
+    def call_soon(callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        return original(run_counted, callback, args, context=context)
+
+    previous_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    loop.call_soon = call_soon  # type: ignore[method-assign, assignment]
+    try:
+        yield errors
+    finally:
+        del loop.call_soon
+        loop.set_exception_handler(previous_handler)
+
+
+CLEAN = "clean"  # Log.block after the sender block exited normally (or absorbed ReceiverClosed)
+
+
+@dataclass
+class Log:
+    """What one run did, as seen by the code that uses the channel."""
+
+    sent: list[tuple[int, int]] = field(default_factory=list)  # offered, in arrival order
+    outcome: dict[tuple[int, int], str] = field(default_factory=dict)  # how each offer ended
+    replies: dict[tuple[int, int], Any] = field(default_factory=dict)  # what itemize returned
+    pulled: list[tuple[int, int]] = field(default_factory=list)  # yielded to itemize.many
+    many_ended: list[tuple[str, Any]] = field(default_factory=list)  # each itemize.many
+    generators_left_open: int = 0
+    received: list[tuple[int, int]] = field(default_factory=list)
+    end: str | None = None  # how the receiver ended: end, failed, closed, cancelled
+    cause: BaseException | None = None  # SenderFailed.__cause__
+    block: object = None  # None while open, CLEAN, or the exception that ended the block
+    untaken_when_cancelled: set[Any] = field(default_factory=set)  # see _untaken_items
+    batches: Any = field(default=None, repr=False)  # the receiver's batches() iterator
+
+    async def itemize(self, itemize: Any, item: tuple[int, int]) -> None:
+        self.sent.append(item)
+        try:
+            reply = await itemize(item)
+        except BaseException as exc:
+            self.outcome[item] = classify(exc)
+            raise
+        self.outcome[item] = "returned"
+        self.replies[item] = reply
+
+    def generator(self, items: list[tuple[int, int]], value: str) -> Generator[Any, Any, str]:
+        for item in items:
+            self.pulled.append(item)
+            try:
+                reply = yield item
+            except GeneratorExit:
+                self.outcome[item] = "generator closed"
+                raise
+            self.outcome[item] = "returned"
+            self.replies[item] = reply
+        return value
+
+    async def many(self, itemize: Any, items: list[tuple[int, int]], value: str) -> None:
+        generator = self.generator(items, value)
+        self.sent += items  # offered when the call arrives, pulled in its turn
+        try:
+            result = await itemize.many(generator)
+        except BaseException as exc:
+            self.many_ended.append(("raised", classify(exc)))
+            raise
+        finally:
+            # Suspended at a yield: its `finally` has not run. (Never started is fine:
+            # it has nothing to clean up.)
+            self.generators_left_open += inspect.getgeneratorstate(generator) == "GEN_SUSPENDED"
+            for item in items:
+                self.outcome.setdefault(item, "never pulled")
+        self.many_ended.append(("returned", result))
+
+
+def classify(exc: BaseException) -> str:
+    if isinstance(exc, ReceiverClosed):
+        return "receiver closed"
+    if type(exc) is ChannelClosed:
+        return "channel closed"
+    if isinstance(exc, CANCELLED):
+        return "cancelled"
+    return f"raised {type(exc).__name__}: {exc}"
+
+
+class Block:
+    """``async with c.sender``, recording how the block ended."""
+
+    def __init__(self, c: Channel[Any, Any], log: Log) -> None:
+        self.sender = c.sender
+        self.log = log
+
+    async def __aenter__(self) -> Any:
+        return await self.sender.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool:
+        absorbed = await self.sender.__aexit__(*exc_info)
+        self.log.block = CLEAN if exc_info[1] is None or absorbed else exc_info[1]
+        return absorbed
+
+
+class Side:
+    """The tasks of one side (producer or receiver) that a plan may cancel.
+
+    mode "op": each operation runs in its own cancel scope (or, with the raw method,
+    catches the harness's CancelledError) and the task carries on; mode "whole": the
+    task's whole body is cancelled and it ends; mode None: never cancelled.
+    """
+
+    def __init__(self, mode: str | None, method: str, pace: int = 1) -> None:
+        self.mode = mode
+        self.method = method
+        self.pace = pace  # scheduling points this side passes after each item
+        self.scopes: list[anyio.CancelScope] = []
+        self.tasks: list[asyncio.Task[Any]] = []
+
+    def cancel(self) -> None:
+        if self.method == "raw":
+            for task in list(self.tasks):
+                task.cancel(HARNESS)
+        else:
+            for scope in list(self.scopes):
+                scope.cancel()
+
+    @contextlib.contextmanager
+    def _cancellable(self) -> Iterator[None]:
+        if self.method == "raw":
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.append(task)
+            try:
+                yield
+            except asyncio.CancelledError as exc:
+                if exc.args != (HARNESS,):
+                    raise
+                task.uncancel()
+            finally:
+                self.tasks.remove(task)
+        else:
+            with anyio.CancelScope() as scope:
+                self.scopes.append(scope)
+                try:
+                    yield
+                finally:
+                    self.scopes.remove(scope)
+
+    async def pause(self) -> None:
+        for _ in range(self.pace):
+            await checkpoint()
+
+    def op(self) -> contextlib.AbstractContextManager[None]:
+        return self._cancellable() if self.mode == "op" else contextlib.nullcontext()
+
+    def whole(self) -> contextlib.AbstractContextManager[None]:
+        return self._cancellable() if self.mode == "whole" else contextlib.nullcontext()
+
+
+# --- Scenarios: the producing side ---------------------------------------------------------
+
+SINGLE_ITEMS = 4
+FAN_IN = (3, 2)  # producers, items each
+STRAGGLER_ITEMS = 2
+
+
+async def produce_single(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    task_status.started()
+    with side.whole():
+        async with Block(c, log) as itemize:
+            for i in range(SINGLE_ITEMS):
+                with side.op():
+                    await log.itemize(itemize, (0, i))
+                    await side.pause()
+
+
+async def _share(itemize: Any, log: Log, side: Side, p: int, items: int) -> None:
+    for i in range(items):
+        with side.op():
+            await log.itemize(itemize, (p, i))
+            await side.pause()
+
+
+async def produce_fan_in(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    task_status.started()
+    producers, items = FAN_IN
+    with side.whole():
+        async with Block(c, log) as itemize, anyio.create_task_group() as tg:
+            for p in range(producers):
+                tg.start_soon(_share, itemize, log, side, p, items)
+
+
+async def _straggle(itemize: Any, log: Log, side: Side, p: int) -> None:
+    """Shares itemize from outside the block, so it may still wait when the block ends."""
+    for i in range(STRAGGLER_ITEMS):
+        with side.op():
+            try:
+                await log.itemize(itemize, (p, i))
+            except (ChannelClosed, ReceiverClosed):
+                return
+            await side.pause()
+
+
+async def produce_with_stragglers(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    task_status.started()
+    with side.whole():
+        async with anyio.create_task_group() as helpers, Block(c, log) as itemize:
+            helpers.start_soon(_straggle, itemize, log, side, 1)
+            helpers.start_soon(_straggle, itemize, log, side, 2)
+            for i in range(STRAGGLER_ITEMS):
+                with side.op():
+                    await log.itemize(itemize, (0, i))
+                    await side.pause()
+
+
+async def produce_duplex(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """itemize, then itemize.many of a generator, then itemize; the receiver replies."""
+    task_status.started()
+    with side.whole():
+        async with Block(c, log) as itemize:
+            with side.op():
+                await log.itemize(itemize, (0, 0))
+                await side.pause()
+            with side.op():
+                await log.many(itemize, [(0, 1), (0, 2)], "many returned")
+                await side.pause()
+            with side.op():
+                await log.itemize(itemize, (0, 3))
+                await side.pause()
+
+
+LONG_DELEGATION = 300  # items: the receiver passes a scheduling point every 256 of them
+
+
+async def produce_long_delegation(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """itemize.many of a long generator: the receiver pulls, with a checkpoint now and then."""
+    task_status.started()
+    with side.whole():
+        async with Block(c, log) as itemize:
+            with side.op():
+                await log.itemize(itemize, (0, 0))
+                await side.pause()
+            with side.op():
+                items = [(0, i) for i in range(1, LONG_DELEGATION + 1)]
+                await log.many(itemize, items, "many returned")
+                await side.pause()
+
+
+async def produce_for_batches(
+    c: Channel[Any, Any], log: Log, side: Side, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    """Two producers: one delegates to a generator, one calls itemize; batches take both."""
+    task_status.started()
+
+    async def delegate() -> None:
+        with side.op():
+            await log.many(itemize, [(1, 0), (1, 1), (1, 2)], "many returned")
+            await side.pause()
+
+    with side.whole():
+        async with Block(c, log) as itemize, anyio.create_task_group() as tg:
+            tg.start_soon(delegate)
+            tg.start_soon(_share, itemize, log, side, 2, 2)
+
+
+# --- Scenarios: the receiving side -----------------------------------------------------------
+
+
+async def ask_once(c: Channel[Any, Any], log: Log, how: str) -> None:
+    """One request; record the item, or how the stream ended."""
+    rx = c.receiver
+    try:
+        if how == "batches":  # one iterator for the whole stream, as `async for` uses it
+            if log.batches is None:
+                log.batches = aiter(rx.batches(2))
+            batch = await anext(log.batches)
+            assert 1 <= len(batch) <= 2, batch
+            log.received += batch
+            return
+        if how == "asend" and log.received:
+            item = await rx.asend(("ack", log.received[-1]))
+        else:
+            item = await anext(rx)
+    except StopAsyncIteration:
+        log.end = "end"
+    except SenderFailed as exc:
+        log.end = "failed"
+        log.cause = exc.__cause__
+    except ChannelClosed:
+        log.end = "closed"
+    else:
+        log.received.append(item)
+
+
+async def receive(
+    c: Channel[Any, Any], log: Log, side: Side, how: str, *, task_status: anyio.abc.TaskStatus[None]
+) -> None:
+    task_status.started()
+    if side.mode == "whole":
+        with side.whole():
+            async with c.receiver:
+                while log.end is None:
+                    await ask_once(c, log, how)
+                    await side.pause()
+        if log.end is None:
+            log.end = "cancelled"
+        return
+    while log.end is None:
+        with side.op():
+            await ask_once(c, log, how)
+            await side.pause()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    produce: Callable[..., Coroutine[Any, Any, None]]
+    receive_with: str = "anext"  # or "asend" (replies ("ack", item)) or "batches"
+    stragglers: bool = False
+    several_tasks: bool = False  # producers that share itemize inside the block
+    paces: tuple[tuple[int, int], ...] = ((1, 1), (0, 2), (2, 0))  # see run_once
+
+
+SCENARIOS = [
+    Scenario("single", produce_single),
+    Scenario("fan-in", produce_fan_in, several_tasks=True),
+    Scenario("stragglers", produce_with_stragglers, stragglers=True),
+    Scenario("duplex", produce_duplex, receive_with="asend"),
+    Scenario("long-delegation", produce_long_delegation, paces=((1, 0),)),
+    Scenario("batches", produce_for_batches, receive_with="batches", several_tasks=True),
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    target: str  # producer, receiver, both, close
+    mode: str  # op or whole
+
+    def __str__(self) -> str:
+        return "close receiver" if self.target == "close" else f"cancel {self.target} {self.mode}"
+
+
+PLANS = [
+    Plan(target, mode) for target in ("producer", "receiver", "both") for mode in ("op", "whole")
+] + [Plan("close", "op")]
+
+
+async def run_once(
+    scenario: Scenario, plan: Plan, method: str, k: int, *, seed: int, pace: tuple[int, int]
+) -> tuple[Log, Stepper]:
+    """One run of `scenario`, with `plan` carried out just before scheduling point k.
+
+    `pace`: how many scheduling points the producers and the receiver pass after each
+    item, which decides who waits for whom (a parked receiver, or queued producers).
+    """
+    log = Log()
+    c: Channel[Any, Any] = Channel()
+    producing = Side(plan.mode if plan.target in ("producer", "both") else None, method, pace[0])
+    receiving = Side(plan.mode if plan.target in ("receiver", "both") else None, method, pace[1])
+
+    # A raw task.cancel() of the task that holds the block reaches the tasks that share
+    # its itemize only later, through their task group; every other way reaches each
+    # parked producer at once.
+    cancels_each_producer = (
+        method == "scope"
+        or plan.mode == "op"
+        or not (scenario.several_tasks or scenario.stragglers)
+    )
+
+    def action() -> None:
+        if cancels_each_producer:
+            log.untaken_when_cancelled = _untaken_items(c)
+        if plan.target == "close":
+            c.receiver.close()
+        if plan.target in ("producer", "both"):
+            producing.cancel()
+        if plan.target in ("receiver", "both"):
+            receiving.cancel()
+
+    stepper = Stepper(k, action)
+    with anyio.fail_after(RUN_LIMIT), counting_scheduling_points(stepper, seed) as loop_errors:
+        async with anyio.create_task_group() as tg:
+            await tg.start(scenario.produce, c, log, producing)
+            await tg.start(receive, c, log, receiving, scenario.receive_with)
+            stepper.armed = True
+    if stepper.error is not None:
+        raise stepper.error
+    assert not loop_errors, f"the event loop reported errors: {loop_errors}"
+    return log, stepper
+
+
+def _untaken_items(c: Channel[Any, Any]) -> set[Any]:
+    """The items still waiting in the channel's queue, not taken by the receiver.
+
+    The one place where the harness looks inside the channel (its private ``_state``):
+    from outside, "taken" cannot be told apart from "received later". A cancellation
+    reaches a task parked on a waiter that is not done at once, on every backend, so
+    an item that was untaken when its producer was cancelled must be withdrawn.
+    Returns an empty set (no check) if the internals look different.
+    """
+    queue = getattr(getattr(c, "_state", None), "queue", None)
+    if not isinstance(queue, list):
+        return set()
+    return {
+        entry[1]
+        for entry in queue
+        if isinstance(entry, tuple) and isinstance(entry[1], tuple) and not entry[0].done()
+    }
+
+
+def check_run(log: Log, scenario: Scenario, plan: Plan) -> list[str]:  # noqa: PLR0912, PLR0915 - one list
+    """The invariants of one run; returns the violations."""
+    problems: list[str] = []
+    received = log.received
+    counts = Counter(received)
+    if twice := sorted(x for x, n in counts.items() if n > 1):
+        problems.append(f"received twice: {twice}")
+    sent = set(log.sent)
+    if unknown := [x for x in received if x not in sent]:
+        problems.append(f"received but never offered: {unknown}")
+    in_arrival_order = [x for x in log.sent if x in counts]
+    if received != in_arrival_order:
+        problems.append(f"not in the order the itemize calls arrived: {in_arrival_order}")
+    if lost := [x for x, how in log.outcome.items() if how == "returned" and x not in counts]:
+        problems.append(f"itemize returned, but the item was never received: {lost}")
+    if leaked := [x for x, how in log.outcome.items() if how == "channel closed" and x in counts]:
+        problems.append(f"itemize raised ChannelClosed, but the item was received: {leaked}")
+    if withdrawn := [
+        x for x in log.untaken_when_cancelled if log.outcome.get(x) == "cancelled" and x in counts
+    ]:
+        problems.append(f"cancelled before it was taken, but received anyway: {withdrawn}")
+    if pending := [x for x in log.sent if x not in log.outcome]:
+        problems.append(f"itemize never ended: {pending}")
+    if log.end not in ("closed", "cancelled") and (
+        unpulled := [x for x in log.pulled if x not in counts]
+    ):  # (closing the receiver drops an item it was about to return: nobody wants it)
+        problems.append(f"items pulled from a generator but never received: {unpulled}")
+    if log.generators_left_open:
+        problems.append(f"{log.generators_left_open} generator(s) of itemize.many left open")
+    for value in log.many_ended:
+        if value[0] == "returned" and value[1] != "many returned":
+            problems.append(f"itemize.many returned {value[1]!r}, not the generator's value")
+
+    # Replies: anext() sends None; the duplex receiver replies ("ack", item) for its item.
+    for item, reply in log.replies.items():
+        expected = ("ack", item) if scenario.receive_with == "asend" else None
+        if log.outcome.get(item) == "returned" and reply != expected:
+            problems.append(f"itemize({item}) returned {reply!r}, expected {expected!r}")
+
+    # How the stream ended, on both sides.
+    if log.block is None:
+        problems.append("the sender block never ended")
+    if log.end is None:
+        problems.append("the receiver never ended")
+    if log.end == "end" and log.block is not CLEAN:
+        problems.append(f"StopAsyncIteration after a block that ended with {log.block!r}")
+    if log.end == "failed" and (log.block is CLEAN or log.cause is not log.block):
+        problems.append(f"SenderFailed from {log.cause!r}, but the block ended with {log.block!r}")
+    if isinstance(log.block, BaseException) and log.end not in ("failed", "closed", "cancelled"):
+        problems.append(f"the block failed with {log.block!r}, the receiver saw {log.end!r}")
+
+    producer_cancelled = plan.target in ("producer", "both")
+    receiver_closed = plan.target == "close" or log.end == "cancelled"
+    allowed = {"returned"}
+    if producer_cancelled or (receiver_closed and scenario.several_tasks):
+        allowed.add("cancelled")  # a task group cancels the siblings of a closed one
+    if receiver_closed or log.end == "closed":
+        allowed.add("receiver closed")
+    if scenario.stragglers:
+        allowed.add("channel closed")
+    if log.many_ended != [("returned", "many returned")] * len(log.many_ended):
+        allowed |= {"generator closed", "never pulled"}  # a delegation cut short
+    if wrong := {x: how for x, how in log.outcome.items() if how not in allowed}:
+        problems.append(f"outcomes not allowed ({sorted(allowed)}): {wrong}")
+
+    if plan.target == "receiver" and plan.mode == "op":
+        # Cancelling anext() loses nothing: every item arrives, in order.
+        in_order = [x for x in log.sent if log.outcome.get(x) != "channel closed"]
+        if received != in_order or log.end != "end":
+            problems.append(f"a cancelled anext lost items: expected {in_order}, end")
+    if plan.target == "producer" and plan.mode == "op" and log.end != "end":
+        problems.append("cancelling single itemize calls must not end the stream")
+    return problems
+
+
+def _methods() -> list[str]:
+    return ["scope"] if _on_trio() else ["scope", "raw"]
+
+
+TRIO_SEEDS = _env_int("CHANNEL_TRIO_SEEDS", 2)  # schedules explored per scenario on trio
+
+
+def _seeds() -> list[int]:
+    return list(range(TRIO_SEEDS)) if _on_trio() else [0]
+
+
+MAX_RUNS = 5000
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+async def test_cancelling_at_every_scheduling_point(scenario: Scenario, plan: Plan) -> None:
+    runs = 0
+    for method, seed, pace in itertools.product(_methods(), _seeds(), scenario.paces):
+        k = 0
+        while True:
+            log, stepper = await run_once(scenario, plan, method, k, seed=seed, pace=pace)
+            runs += 1
+            problems = check_run(log, scenario, plan)
+            assert not problems, (
+                f"{scenario.name}, {plan} by {method} before point {k} (seed {seed}, pace "
+                f"{pace}): {problems}\n{log}"
+            )
+            if not stepper.fired:
+                break
+            k += 1
+            assert k < MAX_RUNS, "runs keep reaching point k: a livelock?"
+        # The last run, which no cancellation reached, passed this many points.
+        assert stepper.count >= 4, stepper.trace
+    assert runs >= 10  # the loop really ran, once per point
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
+async def test_the_harness_is_deterministic(scenario: Scenario) -> None:
+    """Two runs with the same k pass through the same points and do the same things."""
+    plan = Plan("both", "op")
+    for method in _methods():
+        for k in (0, 3, 7):
+            first_log, first = await run_once(scenario, plan, method, k, seed=1, pace=(1, 1))
+            second_log, second = await run_once(scenario, plan, method, k, seed=1, pace=(1, 1))
+            assert first.trace == second.trace
+            assert _summary(first_log) == _summary(second_log)
+
+
+def _summary(log: Log) -> tuple[Any, ...]:
+    """A log without exception objects (whose reprs may name tasks by address)."""
+    return (
+        log.sent,
+        log.outcome,
+        log.replies,
+        log.received,
+        log.end,
+        type(log.cause).__name__,
+        log.block if log.block in (None, CLEAN) else type(log.block).__name__,
+    )
+
+
+@dataclass
+class ProducerRun:
+    """What a run of a @producer function did, beyond the Log of its stream."""
+
+    function_started: bool = False
+    started_before_the_first_ask: bool = False  # a producer function is lazy
+    function_finished: bool = False  # the function's `finally` ran
+    finished_at_exit: bool | None = None  # ... already when the `async with` exited
+    exit: object = None  # how the `async with` was left: CLEAN, "cancelled" or the exception
+    stuck: bool = False  # the `async with` did not exit: the watchdog cancelled it
+
+
+async def run_producer_function(  # noqa: PLR0915 - one scenario, kept in one place
+    plan: Plan, method: str, k: int, *, seed: int, fail: bool
+) -> tuple[Log, ProducerRun, Stepper]:
+    """A @producer function and its consumer; `plan` is carried out before point k."""
+    log, run = Log(), ProducerRun()
+    producing = Side(plan.mode if plan.target in ("producer", "both") else None, method)
+    receiving = Side(plan.mode if plan.target in ("receiver", "both") else None, method)
+    receiver: list[Any] = []
+    leaving = anyio.Event()
+    outer = anyio.CancelScope()
+
+    async def watchdog(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        """Detects a consumer stuck in `async with` exit: nothing can wake it any more."""
+        stepper.ignored.add(_current_task())
+        task_status.started()
+        await leaving.wait()
+        for _ in range(WATCHDOG_POINTS):
+            if run.exit is not None:
+                return
+            await checkpoint()
+        run.stuck = True
+        outer.cancel()
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        run.function_started = True
+        try:
+            for i in range(SINGLE_ITEMS):
+                with producing.op():
+                    await log.itemize(itemize, (0, i))
+                    await producing.pause()
+            if fail:
+                raise Boom("the producer function failed")  # noqa: TRY301 - ends the block
+        except BaseException as exc:
+            log.block = exc
+            raise
+        else:
+            log.block = CLEAN
+        finally:
+            run.function_finished = True
+
+    async def consume(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        with outer, receiving.whole():
+            try:
+                async with numbers() as rx:
+                    receiver.append(rx)
+                    stream = _Holder(rx)
+                    try:
+                        await receiving.pause()  # the producer task may start meanwhile
+                        run.started_before_the_first_ask = run.function_started
+                        while log.end is None:
+                            with receiving.op():
+                                await ask_once(stream, log, "anext")  # type: ignore[arg-type]
+                                await receiving.pause()
+                    finally:
+                        leaving.set()
+            except Boom as exc:
+                run.exit = exc
+            else:
+                run.exit = CLEAN
+            finally:
+                run.finished_at_exit = run.function_finished
+        if run.exit is None:
+            run.exit = "cancelled"
+        if log.end is None:
+            log.end = "cancelled"
+
+    def action() -> None:
+        if plan.target == "close" and receiver:
+            receiver[0].close()
+        if plan.target in ("producer", "both"):
+            producing.cancel()
+        if plan.target in ("receiver", "both"):
+            receiving.cancel()
+
+    stepper = Stepper(k, action)
+    with anyio.fail_after(RUN_LIMIT), counting_scheduling_points(stepper, seed) as loop_errors:
+        async with anyio.create_task_group() as tg:
+            await tg.start(watchdog)
+            await tg.start(consume)
+            stepper.armed = True
+    if stepper.error is not None:
+        raise stepper.error
+    assert not loop_errors, f"the event loop reported errors: {loop_errors}"
+    return log, run, stepper
+
+
+WATCHDOG_POINTS = 200  # scheduling points of the others; a normal exit needs a handful
+
+
+def _current_task() -> object:
+    return trio.lowlevel.current_task() if _on_trio() else asyncio.current_task()
+
+
+class _Holder:
+    """Looks like a Channel to ask_once: a receiver in its `receiver` attribute."""
+
+    def __init__(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+
+def check_producer_run(log: Log, run: ProducerRun, plan: Plan, fail: bool) -> list[str]:  # noqa: PLR0912
+    problems: list[str] = []
+    if run.stuck:
+        problems.append("stuck: the `async with` never exited (the watchdog cancelled it)")
+    received = log.received
+    if received != [x for x in log.sent if x in set(received)] or len(set(received)) != len(
+        received
+    ):
+        problems.append("items out of order, or twice")
+    if lost := [x for x, how in log.outcome.items() if how == "returned" and x not in received]:
+        problems.append(f"itemize returned, but the item was never received: {lost}")
+    if run.started_before_the_first_ask:
+        problems.append("the producer function started before the consumer asked")
+    if run.function_started and not run.finished_at_exit:
+        problems.append("the `async with` exited before the producer function finished")
+    if log.block is None and received:
+        problems.append("the function never ended")
+    if isinstance(log.block, Boom) and run.exit is not log.block and run.exit != "cancelled":
+        problems.append(f"the function raised {log.block!r}, the `async with` {run.exit!r}")
+    if run.exit is not CLEAN and run.exit != "cancelled" and run.exit is not log.block:
+        problems.append(f"the `async with` raised {run.exit!r}, not the function's exception")
+    if log.end == "end" and log.block is not CLEAN:
+        problems.append(f"StopAsyncIteration, but the function ended with {log.block!r}")
+    if log.end == "failed" and log.cause is not log.block:
+        problems.append(f"SenderFailed from {log.cause!r}, the function ended with {log.block!r}")
+    if plan == Plan("receiver", "op"):
+        if received != log.sent[:SINGLE_ITEMS] or len(received) != SINGLE_ITEMS:
+            problems.append("cancelling anext() lost items")
+        if run.exit is not (log.block if fail else CLEAN):
+            problems.append(f"the `async with` ended with {run.exit!r}")
+    return problems
+
+
+# BUG-1 (bugs.md), fixed in channel.py since: leaving `async with producer()` hung when the
+# receiver was closed before the producer task started. The "close receiver" plan below
+# found it; test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang is the
+# minimal reproduction.
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fail", [False, True], ids=["returns", "raises"])
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+async def test_cancelling_a_producer_function_at_every_scheduling_point(
+    plan: Plan, fail: bool
+) -> None:
+    for method, seed in itertools.product(_methods(), _seeds()):
+        k = 0
+        while True:
+            log, run, stepper = await run_producer_function(plan, method, k, seed=seed, fail=fail)
+            problems = check_producer_run(log, run, plan, fail)
+            assert not problems, (
+                f"@producer, {plan} by {method} before point {k} (seed {seed}): "
+                f"{problems}\n{log}\n{run}"
+            )
+            if not stepper.fired:
+                break
+            k += 1
+            assert k < MAX_RUNS, "runs keep reaching point k: a livelock?"
+        assert stepper.count >= 4, stepper.trace
+
+
+@pytest.mark.anyio
+async def test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang() -> None:
+    """BUG-1 in bugs.md (since fixed); a watchdog turns the hang into a failure."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+
+    left: list[str] = []
+    scope = anyio.CancelScope()
+
+    async def consume() -> None:
+        with scope:
+            async with numbers() as items:
+                await items.aclose()  # this consumer wants nothing after all
+                for _ in range(3):  # meanwhile the producer task starts
+                    await checkpoint()
+            left.append("left the async with")
+
+    async def watchdog() -> None:
+        for _ in range(WATCHDOG_POINTS):
+            if left:
+                return
+            await checkpoint()
+        scope.cancel()  # stuck: nothing will ever wake it
+
+    with anyio.fail_after(RUN_LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            tg.start_soon(watchdog)
+    assert left == ["left the async with"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["receiver closed", "many cancelled"])
+async def test_a_withdrawn_delegation_closes_its_generator(how: str) -> None:
+    """BUG-2 in bugs.md (since fixed): a queued itemize.many, withdrawn, closes its generator."""
+
+    def numbers() -> Generator[int, Any, None]:
+        yield 0
+        yield 1
+        yield 2
+
+    generator = numbers()
+    assert next(generator) == 0  # started by the producer: it has something to clean up
+    c: Channel[Any, Any] = Channel()
+    scope = anyio.CancelScope()
+
+    async def delegate(itemize: Any) -> None:
+        with scope:
+            await itemize.many(generator)
+
+    async def produce() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as tg:
+            tg.start_soon(itemize, "first")
+            await _settle()
+            tg.start_soon(delegate, itemize)  # waits in the queue, behind "first"
+
+    with anyio.fail_after(RUN_LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            while c.statistics().producers_waiting < 2:  # "first", then the delegation
+                await checkpoint()
+            assert await anext(c.receiver) == "first"  # the delegation is still queued
+            if how == "receiver closed":
+                await c.receiver.aclose()
+            else:
+                scope.cancel()
+                await _settle()
+                assert [item async for item in c.receiver] == []
+    assert inspect.getgeneratorstate(generator) == "GEN_CLOSED"
+
+
+# ==========================================================================================
+# 2. Random programs, step by step, against a reference model of the README
+# ==========================================================================================
+
+PRODUCERS = ("p0", "p1")
+RX = "rx"
+SETTLE_LIMIT = 2  # seconds: a hang detector; each step settles in microseconds
+NOTHING: Any = object()
+
+
+class Boom(Exception):
+    """The error that ends a sender block "with an error"."""
+
+
+@dataclass
+class Model:
+    """The README's semantics, for one channel, one step at a time (everything settles).
+
+    queue: itemize/itemize.many calls waiting for the receiver, in arrival order;
+    delivered: the producer whose item the receiver took last (it resumes at the next
+    request); source: what is left of the delegation of that producer's itemize.many.
+    """
+
+    queue: list[tuple[str, str, Any]] = field(default_factory=list)
+    delivered: str | None = None
+    source: list[Any] | None = None
+    source_value: Any = None
+    last_pulled: Any = NOTHING
+    receiver_waiting: bool = False
+    end: str | None = None  # None, "clean", "failed"
+    closed: bool = False
+    items_delivered: int = 0
+    busy: set[str] = field(default_factory=set)
+    replies: dict[Any, Any] = field(default_factory=dict)  # generator item -> its reply
+    done: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # completions this step
+
+    def finish(self, worker: str, *result: Any) -> None:
+        self.busy.discard(worker)
+        self.done[worker] = result
+
+    # --- the receiver ---
+
+    def ask(self, reply: Any) -> None:
+        """anext() (reply None) or asend(reply)."""
+        if self.closed:
+            self.finish(RX, "raised", ChannelClosed, "receiver was closed")
+            return
+        if reply is not None and not self.items_delivered:
+            self.finish(RX, "raised", ChannelError, "before the first item")
+            return
+        if self.source is None and not self.queue:
+            if self.delivered is not None:
+                self.finish(self.delivered, "returned", reply)
+                self.delivered = None
+        else:
+            item = self.take_ready(reply)
+            if item is not NOTHING:
+                self.finish(RX, "returned", item)
+                return
+        if self.end is not None:
+            self.finish(RX, *self.end_of_stream())
+            return
+        self.receiver_waiting = True
+        self.busy.add(RX)
+
+    def end_of_stream(self) -> tuple[Any, ...]:
+        if self.end == "clean":
+            return ("raised", StopAsyncIteration, "")
+        return ("failed",)
+
+    def take_ready(self, reply: Any) -> Any:
+        if self.source is not None:
+            item = self.pull(reply)
+            if item is not NOTHING:
+                return item
+        if self.delivered is not None:
+            self.finish(self.delivered, "returned", reply)
+            self.delivered = None
+        while self.queue:
+            producer, kind, payload = self.queue.pop(0)
+            self.delivered = producer
+            if kind == "item":
+                self.items_delivered += 1
+                return payload
+            self.source, self.source_value = list(payload[0]), payload[1]
+            self.last_pulled = NOTHING
+            item = self.pull(None)
+            if item is not NOTHING:
+                return item
+        return NOTHING
+
+    def pull(self, reply: Any) -> Any:
+        assert self.source is not None
+        assert self.delivered is not None
+        if self.last_pulled is not NOTHING:
+            self.replies[self.last_pulled] = reply
+        if self.source:
+            self.last_pulled = self.source.pop(0)
+            self.items_delivered += 1
+            return self.last_pulled
+        self.finish(self.delivered, "returned", self.source_value)
+        self.source = self.delivered = None
+        return NOTHING
+
+    # --- the producers ---
+
+    def offer(self, producer: str, kind: str, payload: Any) -> None:
+        """itemize(item) (kind "item") or itemize.many(generator) (kind "many")."""
+        if self.end is not None:
+            self.finish(producer, "raised", ChannelClosed, "after its sender block ended")
+            return
+        if self.closed:
+            self.finish(producer, "raised", ReceiverClosed, "receiver was closed")
+            return
+        self.busy.add(producer)
+        if kind == "item" and self.receiver_waiting:
+            self.receiver_waiting = False
+            self.finish(RX, "returned", payload)
+            self.delivered = producer
+            self.items_delivered += 1
+            return
+        self.queue.append((producer, kind, payload))
+        if kind == "many" and self.receiver_waiting:  # woken to take it from the queue
+            self.receiver_waiting = False
+            self.busy.discard(RX)
+            self.ask(None)
+
+    # --- interruptions ---
+
+    def cancel(self, worker: str) -> None:
+        if worker == RX:
+            self.receiver_waiting = False
+        elif self.delivered == worker:
+            self.delivered = self.source = None
+        else:
+            self.queue = [entry for entry in self.queue if entry[0] != worker]
+        self.finish(worker, "cancelled")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.receiver_waiting:
+            self.receiver_waiting = False
+            self.finish(RX, "raised", ChannelClosed, "receiver was closed")
+        waiting = [self.delivered] if self.delivered is not None else []
+        for producer in waiting + [entry[0] for entry in self.queue]:
+            self.finish(producer, "raised", ReceiverClosed, "receiver was closed")
+        self.delivered = self.source = None
+        self.queue = []
+
+    def end_block(self, how: str) -> None:
+        self.end = "clean" if how == "clean" else "failed"
+        if self.receiver_waiting:
+            self.receiver_waiting = False
+            self.finish(RX, *self.end_of_stream())
+        if self.delivered is not None:
+            if self.source is not None:  # a delegation cut short
+                self.finish(self.delivered, "raised", ChannelClosed, "ended while")
+            else:  # its item was taken: delivered, so it returns
+                self.finish(self.delivered, "returned", None)
+        for producer, _, _ in self.queue:
+            self.finish(producer, "raised", ChannelClosed, "ended while this itemize was waiting")
+        self.delivered = self.source = None
+        self.queue = []
+
+    def statistics(self) -> tuple[str, bool, int, int]:
+        if self.closed:
+            state = "receiver closed"
+        elif self.end is None:
+            state = "open"
+        else:
+            state = "ended" if self.end == "clean" else "failed"
+        waiting = len(self.queue) + (self.delivered is not None)
+        return state, self.receiver_waiting, waiting, self.items_delivered
+
+
+class Worker:
+    """A task that runs one channel operation at a time, when told to."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.operation: Callable[[], Awaitable[Any]] | None = None
+        self.wake = anyio.Event()
+        self.busy = False
+        self.result: tuple[Any, ...] | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.task: asyncio.Task[Any] | None = None
+
+    def start(self, operation: Callable[[], Awaitable[Any]]) -> None:
+        assert not self.busy
+        self.operation, self.busy, self.result = operation, True, None
+        self.wake.set()
+
+    def stop(self) -> None:
+        self.operation = None
+        self.wake.set()
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        if not _on_trio():
+            self.task = asyncio.current_task()
+        task_status.started()
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            if self.operation is None:
+                return
+            self.result = await self.perform(self.operation)
+            self.busy = False
+
+    async def perform(self, operation: Callable[[], Awaitable[Any]]) -> tuple[Any, ...]:
+        try:
+            with anyio.CancelScope() as self.scope:
+                try:
+                    return ("returned", await operation())
+                except CANCELLED:
+                    raise
+                except BaseException as exc:
+                    return ("raised", exc)
+        except asyncio.CancelledError as exc:
+            if exc.args != (HARNESS,):
+                raise
+            self.task.uncancel()  # type: ignore[union-attr]
+        return ("cancelled",)
+
+
+class Program:
+    """Runs model steps against a real channel shared by worker tasks."""
+
+    def __init__(self, tg: anyio.abc.TaskGroup) -> None:
+        self.tg = tg
+        self.model = Model()
+        self.c: Channel[Any, Any] = Channel()
+        self.workers = {name: Worker(name) for name in (*PRODUCERS, RX)}
+        self.itemize: Any = None
+        self.block_scope = anyio.CancelScope()
+        self.end_how: str | None = None
+        self.end_now = anyio.Event()
+        self.block_exit: object = None
+        self.counter = itertools.count()
+        self.replies: dict[Any, Any] = {}  # what each generator item got back
+        self.generators: list[Generator[Any, Any, Any]] = []
+        self.history: list[str] = []
+
+    async def start(self) -> None:
+        for worker in self.workers.values():
+            await self.tg.start(worker.run)
+        await self.tg.start(self.own_block)
+
+    async def own_block(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        with self.block_scope:
+            try:
+                async with self.c.sender as self.itemize:
+                    task_status.started()
+                    await self.end_now.wait()
+                    if self.end_how == "fail":
+                        raise Boom("the block failed")  # noqa: TRY301 - ends the block
+            except BaseException as exc:
+                self.block_exit = exc
+                if isinstance(exc, Boom):
+                    return
+                raise
+            self.block_exit = CLEAN
+
+    def generator(self, items: list[int], value: str) -> Generator[int, Any, str]:
+        for item in items:
+            self.replies[item] = yield item
+        return value
+
+    def available(self) -> list[tuple[Any, ...]]:
+        model = self.model
+        ops: list[tuple[Any, ...]] = []
+        for p in PRODUCERS:
+            if p not in model.busy:
+                ops.append(("itemize", p))
+                ops += [("many", p, 0), ("many", p, 2)]
+        if RX not in model.busy:
+            ops.append(("anext",))
+            ops.append(("asend",))
+        for name in sorted(model.busy):
+            ops += [("cancel", name), ("timeout", name)]
+            if not _on_trio():
+                ops.append(("raw cancel", name))
+            if name != RX and RX not in model.busy and self.answers_at_once(name):
+                ops.append(("cancel, then anext", name))
+        ops += [("close",), ("aclose",)]
+        if self.end_how is None:
+            ops += [("end", "clean"), ("end", "fail"), ("end", "cancel")]
+        return ops
+
+    def answers_at_once(self, producer: str) -> bool:
+        """Whether anext() returns without waiting right after `producer` is cancelled."""
+        model = copy.deepcopy(self.model)
+        model.done = {}
+        model.cancel(producer)
+        model.ask(None)
+        return RX in model.done
+
+    async def step(self, op: tuple[Any, ...]) -> None:  # noqa: PLR0912, PLR0915 - a dispatch
+        model = self.model
+        model.done = {}
+        self.history.append(" ".join(map(str, op)))
+        kind = op[0]
+        if kind == "itemize":
+            item = next(self.counter)
+            model.offer(op[1], "item", item)
+            self.workers[op[1]].start(lambda: self.itemize(item))
+        elif kind == "many":
+            items = [next(self.counter) for _ in range(op[2])]
+            value = f"value {next(self.counter)}"
+            generator = self.generator(items, value)
+            self.generators.append(generator)
+            model.offer(op[1], "many", (items, value))
+            self.workers[op[1]].start(lambda: self.itemize.many(generator))
+        elif kind == "anext":
+            model.ask(None)
+            self.workers[RX].start(lambda: anext(self.c.receiver))
+        elif kind == "asend":
+            reply = ("reply", next(self.counter))
+            model.ask(reply)
+            self.workers[RX].start(lambda: self.c.receiver.asend(reply))
+        elif kind == "cancel, then anext":
+            # The cancelled producer has not run yet when this task asks (without
+            # waiting): its withdrawn item must be skipped.
+            model.cancel(op[1])
+            model.ask(None)
+            if _on_trio() or next(self.counter) % 2:
+                self.workers[op[1]].scope.cancel()  # type: ignore[union-attr]
+            else:
+                self.workers[op[1]].task.cancel(HARNESS)  # type: ignore[union-attr]
+            receiver = self.workers[RX]
+            receiver.busy = True
+            with anyio.fail_after(SETTLE_LIMIT):
+                receiver.result = await receiver.perform(lambda: anext(self.c.receiver))
+            receiver.busy = False
+        elif kind in ("cancel", "timeout", "raw cancel"):
+            worker = self.workers[op[1]]
+            model.cancel(op[1])
+            if kind == "cancel":
+                worker.scope.cancel()  # type: ignore[union-attr]
+            elif kind == "timeout":  # the deadline passes: a timer, not a direct cancel
+                worker.scope.deadline = anyio.current_time() + 0.0005  # type: ignore[union-attr]
+            else:
+                worker.task.cancel(HARNESS)  # type: ignore[union-attr]
+        elif kind == "close":
+            model.close()
+            self.c.receiver.close()
+        elif kind == "aclose":
+            model.close()
+            await self.c.receiver.aclose()
+        else:  # end the block
+            self.end_how = op[1]
+            model.end_block(op[1])
+            if op[1] == "cancel":
+                self.block_scope.cancel()
+            else:
+                self.end_now.set()
+        await self.settle()
+        self.compare()
+
+    async def settle(self) -> None:
+        """Wait until what the model says has finished has finished, and a little more."""
+        with anyio.fail_after(SETTLE_LIMIT):
+            while any(self.workers[name].busy for name in self.model.done) or (
+                self.end_how is not None and self.block_exit is None
+            ):
+                await checkpoint()
+        for _ in range(5):  # anything the model does not expect would finish now
+            await checkpoint()
+
+    def compare(self) -> None:
+        where = f"after {self.history}"
+        for name, worker in self.workers.items():
+            if name in self.model.busy:
+                assert worker.busy, f"{name} finished with {worker.result}, {where}"
+            elif name in self.model.done:
+                assert not worker.busy, f"{name} is still waiting, {where}"
+                assert self.matches(worker.result, self.model.done[name]), (
+                    f"{name}: {worker.result!r}, expected {self.model.done[name]}, {where}"
+                )
+            else:
+                assert not worker.busy, f"{name} waits, but was never asked to, {where}"
+        assert self.replies == self.model.replies, where
+        if hasattr(self.c, "statistics"):
+            statistics = self.c.statistics()
+            actual = (
+                statistics.state,
+                statistics.receiver_waiting,
+                statistics.producers_waiting,
+                statistics.items_delivered,
+            )
+            assert actual == self.model.statistics(), where
+
+    def matches(self, actual: tuple[Any, ...] | None, expected: tuple[Any, ...]) -> bool:
+        assert actual is not None
+        if expected[0] == "failed":  # SenderFailed from the block's own exception
+            return (
+                actual[0] == "raised"
+                and type(actual[1]) is SenderFailed
+                and actual[1].__cause__ is self.block_exit
+            )
+        if expected[0] == "raised":
+            return (
+                actual[0] == "raised"
+                and type(actual[1]) is expected[1]
+                and expected[2] in str(actual[1])
+            )
+        return actual == expected
+
+    async def finish(self) -> None:
+        """Cancel what waits, end the block, close the receiver, check, stop the workers."""
+        for name in sorted(self.model.busy):
+            await self.step(("cancel", name))
+        if self.end_how is None:
+            await self.step(("end", "clean"))
+        await self.step(("close",))
+        for generator in self.generators:
+            assert inspect.getgeneratorstate(generator) != "GEN_SUSPENDED", self.history
+        if self.end_how == "fail":
+            assert type(self.block_exit) is Boom
+        elif self.end_how == "cancel":
+            assert isinstance(self.block_exit, CANCELLED)
+        else:
+            assert self.block_exit is CLEAN
+        for worker in self.workers.values():
+            worker.stop()
+
+
+HYPOTHESIS_EXAMPLES = _env_int("CHANNEL_HYPOTHESIS_EXAMPLES", 60)
+
+
+@pytest.mark.anyio
+@settings(
+    max_examples=HYPOTHESIS_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+async def test_random_programs_follow_the_model(
+    anyio_backend: tuple[str, dict[str, Any]], data: st.DataObject
+) -> None:
+    with anyio.fail_after(RUN_LIMIT * 3):
+        async with anyio.create_task_group() as tg:
+            program = Program(tg)
+            await program.start()
+            for _ in range(data.draw(st.integers(1, 30), label="steps")):
+                op = data.draw(st.sampled_from(program.available()), label="op")
+                await program.step(op)
+            await program.finish()
+
+
+# ==========================================================================================
+# 3. Stress: many channels at once, random timeouts, cancellations, failures and closes
+# ==========================================================================================
+
+STRESS_CHANNELS = _env_int("CHANNEL_STRESS_CHANNELS", 10_000)
+STRESS_SECONDS = float(os.environ.get("CHANNEL_STRESS_SECONDS", "0.5"))
+STRESS_SEED = _env_int("CHANNEL_STRESS_SEED", 20240601)
+DRAIN_LIMIT = 30  # seconds after the stop for every channel to finish: a hang detector
+TIMEOUTS = (0, 0.0001, 0.001)
+
+
+@dataclass
+class Stressed:
+    """One channel of the stress test, its log, and the handles the chaos task uses."""
+
+    c: Channel[Any, Any] = field(default_factory=Channel)
+    log: Log = field(default_factory=Log)
+    scopes: dict[str, anyio.CancelScope] = field(default_factory=dict)  # by end
+    tasks: dict[str, asyncio.Task[Any]] = field(default_factory=dict)  # by end (asyncio)
+    raw_cancelled: set[str] = field(default_factory=set)  # ends the chaos task.cancel()led
+    finished: int = 0  # tasks done: 2 when both ends are
+
+
+@contextlib.contextmanager
+def _stressed_end(s: Stressed, end: str) -> Iterator[anyio.CancelScope]:
+    """The whole of one end's task: a scope the chaos may cancel, and its raw task.cancel().
+
+    A raw cancel that coincides with one of anyio's (a timeout) makes one CancelledError
+    with the message of the later; so a task the chaos raw-cancelled ends quietly on
+    any CancelledError that reaches this level.
+    """
+    if not _on_trio():
+        s.tasks[end] = asyncio.current_task()  # type: ignore[assignment]
+    try:
+        with anyio.CancelScope() as s.scopes[end]:
+            yield s.scopes[end]
+    except asyncio.CancelledError:
+        if end not in s.raw_cancelled:
+            raise
+        task = s.tasks[end]
+        while task.cancelling():
+            task.uncancel()
+    s.finished += 1
+
+
+async def stress_producer(s: Stressed, rng: random.Random, stop: list[bool]) -> None:
+    with _stressed_end(s, "producer"), contextlib.suppress(Boom):
+        async with Block(s.c, s.log) as itemize:
+            n = 0
+            while not stop[0]:
+                item, n = (0, n), n + 1
+                if rng.random() < 0.25:
+                    with anyio.move_on_after(rng.choice(TIMEOUTS)):
+                        await s.log.itemize(itemize, item)
+                else:
+                    await s.log.itemize(itemize, item)
+                if rng.random() < 0.003:
+                    raise Boom("the block failed")
+                if rng.random() < 0.3:
+                    await checkpoint()
+
+
+async def stress_receiver(s: Stressed, rng: random.Random) -> None:
+    with _stressed_end(s, "receiver"):
+        async with s.c.receiver:
+            while s.log.end is None:
+                if rng.random() < 0.25:
+                    with anyio.move_on_after(rng.choice(TIMEOUTS)):
+                        await ask_once(s.c, s.log, "anext")
+                else:
+                    await ask_once(s.c, s.log, "anext")
+                if rng.random() < 0.003:
+                    break  # leaving `async with c.receiver` closes it
+                if rng.random() < 0.3:
+                    await checkpoint()
+    if s.log.end is None:
+        s.log.end = "cancelled"  # closed early, by a break or a cancellation
+
+
+async def chaos(channels: list[Stressed], rng: random.Random, stop: list[bool]) -> None:
+    """Cancels producers and receivers at random, with scopes and (asyncio) task.cancel()."""
+    while not stop[0]:
+        for _ in range(20):
+            s = rng.choice(channels)
+            end = rng.choice(("producer", "receiver"))
+            if s.tasks and rng.random() < 0.5:
+                if end in s.tasks and end not in s.raw_cancelled:
+                    s.raw_cancelled.add(end)
+                    s.tasks[end].cancel(HARNESS)
+            elif end in s.scopes:
+                s.scopes[end].cancel()
+        await anyio.sleep(0.0005)
+
+
+@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.anyio
+async def test_stress_many_channels_at_once() -> None:
+    rng = random.Random(STRESS_SEED)
+    channels = [Stressed() for _ in range(STRESS_CHANNELS)]
+    stop = [False]
+    with collecting_by_hand(), anyio.move_on_after(STRESS_SECONDS + DRAIN_LIMIT) as drain:
+        async with anyio.create_task_group() as tg:
+            for s in channels:
+                tg.start_soon(stress_producer, s, random.Random(rng.random()), stop)
+                tg.start_soon(stress_receiver, s, random.Random(rng.random()))
+            tg.start_soon(chaos, channels, random.Random(rng.random()), stop)
+            await anyio.sleep(STRESS_SECONDS)
+            stop[0] = True  # producers end their blocks; receivers drain to the end
+    stuck = [i for i, s in enumerate(channels) if s.finished != 2]
+    assert not drain.cancelled_caught, f"{len(stuck)} stuck, e.g. {stuck[:10]}"
+    assert not stuck, f"{len(stuck)} tasks ended abnormally, e.g. {stuck[:10]}"
+
+    plan, scenario = Plan("both", "whole"), Scenario("stress", produce_single)
+    problems = {
+        i: found for i, s in enumerate(channels) if (found := check_run(s.log, scenario, plan))
+    }
+    assert not problems, f"{len(problems)} channels broke: {list(problems.items())[:5]}"
+    ends = Counter(s.log.end for s in channels)
+    outcomes = Counter(how for s in channels for how in s.log.outcome.values())
+    # The run exercised what it claims to: items, withdrawals, every kind of end.
+    assert outcomes["returned"] > 0, outcomes
+    assert outcomes["cancelled"] > 0, outcomes
+    assert outcomes["receiver closed"] > 0, outcomes
+    assert min(ends["end"], ends["failed"], ends["cancelled"]) > 0, ends
+
+
+# ==========================================================================================
+# 4. Leaks: memory returns to its starting level; the per-item path makes no cycles
+# ==========================================================================================
+
+LEAK_CHANNELS = _env_int("CHANNEL_LEAK_CHANNELS", 100_000)
+TRACED_CHANNELS = _env_int("CHANNEL_TRACED_CHANNELS", 3_000)
+LEAK_TRACEMALLOC = os.environ.get("CHANNEL_LEAK_TRACEMALLOC", "") not in ("", "0")
+ENDINGS = ("clean end", "failed block", "receiver closed", "cancelled")
+PAIRS = 40  # producer/consumer task pairs at a time, each using its channels one by one
+
+
+async def _lifecycle_producer(work: list[tuple[Channel[int, Any], str]], on_trio: bool) -> None:
+    for c, ending in work:
+        if ending == "failed block":
+            with contextlib.suppress(Boom):
+                async with c.sender as itemize:
+                    await itemize(1)
+                    raise Boom("the block failed")
+        elif ending == "cancelled" and on_trio:
+            with trio.CancelScope() as scope:
+                async with c.sender as itemize:
+                    await itemize(1)
+                    scope.cancel()
+                    await itemize(2)
+        elif ending == "cancelled":  # the backends' own cancellation: cheaper than anyio's
+            task = asyncio.current_task()
+            assert task is not None
+            try:
+                async with c.sender as itemize:
+                    await itemize(1)
+                    task.cancel()
+                    await itemize(2)
+            except asyncio.CancelledError:
+                task.uncancel()
+        else:
+            async with c.sender as itemize:
+                await itemize(1)
+                await itemize(2)
+
+
+async def _anext_unless_it_waits(c: Channel[int, Any], got: list[int], on_trio: bool) -> None:
+    """anext() under a timeout that has already expired: if it waits, it is cancelled."""
+    if on_trio:
+        with trio.move_on_after(0):
+            got.append(await anext(c.receiver))
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(0):
+            got.append(await anext(c.receiver))
+
+
+async def _lifecycle_consumer(
+    work: list[tuple[Channel[int, Any], str]], seen: Counter[str], on_trio: bool
+) -> None:
+    for c, ending in work:
+        got: list[int] = []
+        how = "ended"
+        try:
+            if ending == "receiver closed":
+                async with c.receiver:
+                    got.append(await anext(c.receiver))
+            else:
+                if ending == "cancelled":
+                    await _anext_unless_it_waits(c, got, on_trio)  # loses nothing
+                async for item in c.receiver:
+                    got.append(item)
+        except SenderFailed as exc:
+            how = f"failed: {type(exc.__cause__).__name__}"
+        seen[f"{ending}: {how}, {got}"] += 1
+
+
+async def lifecycles(count: int) -> Counter[str]:
+    """Create, use and close `count` channels, ending each way in turn."""
+    seen: Counter[str] = Counter()
+    on_trio = _on_trio()
+    batch = PAIRS * 50
+    with collecting_by_hand():
+        for start in range(0, count, batch):
+            await _lifecycle_batch(start, min(count, start + batch), seen, on_trio)
+            gc.collect(1)  # the cycles of this batch (exceptions and their frames) are young
+    return seen
+
+
+async def _lifecycle_batch(start: int, stop: int, seen: Counter[str], on_trio: bool) -> None:
+    """Channels start..stop, used by PAIRS producer/consumer pairs at a time."""
+    channels: list[tuple[Channel[int], str]] = [
+        (Channel(), ENDINGS[i % len(ENDINGS)]) for i in range(start, stop)
+    ]
+    async with anyio.create_task_group() as tg:
+        for pair in range(PAIRS):
+            work = channels[pair::PAIRS]
+            tg.start_soon(_lifecycle_producer, work, on_trio)
+            tg.start_soon(_lifecycle_consumer, work, seen, on_trio)
+
+
+def _check_lifecycles(seen: Counter[str], count: int) -> None:
+    cancelled = "failed: CancelledError" if not _on_trio() else "failed: Cancelled"
+    allowed = {
+        "clean end: ended, [1, 2]",
+        "failed block: failed: Boom, [1]",
+        "receiver closed: ended, [1]",
+        f"cancelled: {cancelled}, [1]",
+        f"cancelled: {cancelled}, [1, 2]",
+    }
+    assert set(seen) <= allowed, seen
+    assert seen.total() == count
+
+
+@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.anyio
+async def test_no_memory_is_kept_after_100000_channels() -> None:
+    """Memory (pymalloc blocks, gc objects) returns to its level once the channels are gone."""
+    _check_lifecycles(await lifecycles(2_000), 2_000)  # warm up: backend, caches, free lists
+    if LEAK_TRACEMALLOC:  # slower (about 3 times), so only on request
+        tracemalloc.start()
+        _check_lifecycles(await lifecycles(2_000), 2_000)
+    gc.collect()
+    blocks, objects = sys.getallocatedblocks(), len(gc.get_objects())
+    traced, _ = tracemalloc.get_traced_memory()
+    try:
+        seen = await lifecycles(LEAK_CHANNELS)
+        gc.collect()
+        grown_traced = tracemalloc.get_traced_memory()[0] - traced
+    finally:
+        tracemalloc.stop()
+    assert gc.garbage == []
+    grown_blocks = sys.getallocatedblocks() - blocks
+    grown_objects = len(gc.get_objects()) - objects
+    _check_lifecycles(seen, LEAK_CHANNELS)
+    # A leak of one object per channel would be LEAK_CHANNELS objects, or blocks.
+    assert grown_objects < 200, f"{grown_objects} more gc objects"
+    assert grown_blocks < max(1000, LEAK_CHANNELS // 100), f"{grown_blocks} more memory blocks"
+    assert grown_traced < max(32_768, LEAK_CHANNELS), f"{grown_traced} more bytes (tracemalloc)"
+
+
+@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.anyio
+async def test_no_memory_is_kept_traced() -> None:
+    """tracemalloc: what channels allocate is given back; nothing grows with their number.
+
+    Measured after a first traced round (CPython keeps some freed objects in free lists,
+    a fixed amount attributed to where they were first allocated): a second round of
+    TRACED_CHANNELS channels must not leave more traced memory behind, in total or
+    allocated in channel.py, than a fixed slack far below one small object per channel.
+    """
+    _check_lifecycles(await lifecycles(2_000), 2_000)  # warm up, untraced
+    only_channel = [tracemalloc.Filter(True, channel.__file__)]
+    tracemalloc.start()
+    try:
+        _check_lifecycles(await lifecycles(TRACED_CHANNELS), TRACED_CHANNELS)
+        gc.collect()
+        start, _ = tracemalloc.get_traced_memory()
+        before = tracemalloc.take_snapshot().filter_traces(only_channel)
+        seen = await lifecycles(TRACED_CHANNELS)
+        gc.collect()
+        end, _ = tracemalloc.get_traced_memory()
+        after = tracemalloc.take_snapshot().filter_traces(only_channel)
+    finally:
+        tracemalloc.stop()
+    assert gc.garbage == []
+    _check_lifecycles(seen, TRACED_CHANNELS)
+    kept = after.compare_to(before, "lineno")
+    kept_by_channel = sum(stat.size_diff for stat in kept)
+    slack = TRACED_CHANNELS * 4  # one leaked object per channel would be 8 times this, at least
+    if sys.gettrace() is None:  # (coverage's tracer allocates as it meets new lines and arcs)
+        assert end - start < slack, f"{end - start} bytes kept: {[str(st) for st in kept[:5]]}"
+    assert kept_by_channel < slack, [str(stat) for stat in kept[:5]]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["anext", "asend", "many", "batches"])
+async def test_the_per_item_path_creates_no_reference_cycles(how: str) -> None:
+    c: Channel[int, Any] = Channel()
+    items = 2_000
+
+    async def produce() -> None:
+        async with c.sender as itemize:
+            if how in ("many", "batches"):
+                await itemize.many(range(10**9))
+            reply = None
+            for i in itertools.count():
+                reply = await itemize(i)
+                assert how != "asend" or reply == i
+
+    last: list[int] = []
+
+    async def take(n: int) -> list[int]:
+        got: list[int] = []
+        while len(got) < n:
+            if how == "batches":
+                got += await anext(c.receiver.batches(64))
+            elif how == "asend" and last:
+                got.append(await c.receiver.asend(last[-1]))
+            else:
+                got.append(await anext(c.receiver))
+            last[:] = got[-1:]
+        return got
+
+    with anyio.fail_after(RUN_LIMIT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            await take(100)  # warm up
+            gc.collect()
+            gc.disable()
+            try:
+                got = await take(items)
+                cycles = gc.collect()
+            finally:
+                gc.enable()
+            c.receiver.close()
+    assert got == list(range(got[0], got[0] + len(got)))
+    assert cycles == 0, f"{cycles} objects in reference cycles after {items} items"
+
+
+# ==========================================================================================
+# 5. Misuse is loud: one table
+# ==========================================================================================
+
+
+async def in_another_loop(
+    function: Callable[[], Awaitable[Any]], *, other_kind: bool = False
+) -> Any:
+    """Run `function` in a new event loop, in a worker thread.
+
+    Of the same kind as the running one, or with `other_kind`, trio under asyncio and
+    asyncio under trio.
+    """
+    if _on_trio():
+        flavour = "asyncio" if other_kind else "trio"
+    elif other_kind:
+        flavour = "trio"
+    else:
+        flavour = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+
+    async def main() -> Any:
+        return await function()
+
+    def run() -> Any:
+        if flavour == "trio":
+            return trio.run(main)
+        if flavour == "uvloop":
+            return uvloop.run(main())
+        return asyncio.run(main())
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await checkpoint()
+
+
+async def itemize_after_its_block(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        pass
+    await itemize(1)
+
+
+async def itemize_many_after_its_block(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        pass
+    await itemize.many([1])
+
+
+async def itemize_still_waiting_when_the_block_ends(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+
+    async def straggler(itemize: Any) -> None:
+        try:
+            await itemize(1)
+        except ChannelClosed as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg, c.sender as itemize:
+        tg.start_soon(straggler, itemize)
+        await _settle()
+    raise errors[0]
+
+
+async def enter_the_sender_while_open(c: Channel[int, Any]) -> None:
+    async with c.sender, c.sender:
+        pass
+
+
+async def enter_the_sender_after_it_ended(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    async with c.sender:
+        pass
+
+
+async def iterate_from_two_tasks(c: Channel[int, Any]) -> None:
+    async def first() -> None:
+        with pytest.raises(ChannelClosed):  # woken by the close below
+            await anext(c.receiver)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await _settle()
+        try:
+            await anext(c.receiver)
+        except ChannelError as exc:
+            refused = exc
+        c.receiver.close()
+    raise refused
+
+
+async def iterate_a_closed_receiver(c: Channel[int, Any]) -> None:
+    await c.receiver.aclose()
+    await anext(c.receiver)
+
+
+async def asend_on_a_closed_receiver(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    await c.receiver.asend(None)
+
+
+async def itemize_after_the_receiver_closed(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+    async with c.sender as itemize:
+        c.receiver.close()
+        try:
+            await itemize(1)
+        except ReceiverClosed as exc:
+            errors.append(exc)
+            raise  # the block absorbs it
+    raise errors[0]
+
+
+async def itemize_many_after_the_receiver_closed(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+    async with c.sender as itemize:
+        c.receiver.close()
+        try:
+            await itemize.many([1, 2])
+        except ReceiverClosed as exc:
+            errors.append(exc)
+            raise
+    raise errors[0]
+
+
+async def asend_a_value_before_the_first_item(c: Channel[int, Any]) -> None:
+    await c.receiver.asend(1)
+
+
+async def batches_of_nothing(c: Channel[int, Any]) -> None:
+    c.receiver.batches(0)
+
+
+async def receive_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    async with c.sender:  # binds the channel to this loop
+        pass
+    await in_another_loop(lambda: anext(c.receiver))
+
+
+async def enter_the_sender_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    with anyio.move_on_after(0):
+        await anext(c.receiver)  # binds the channel to this loop
+
+    async def enter() -> None:
+        async with c.sender:
+            pass
+
+    await in_another_loop(enter)
+
+
+async def itemize_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        await in_another_loop(lambda: itemize(1))
+
+
+async def receive_in_an_event_loop_of_the_other_kind(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    await in_another_loop(lambda: anext(c.receiver), other_kind=True)
+
+
+async def use_after_its_loop_ended_in_a_new_loop_of_the_same_thread(c: Channel[int, Any]) -> None:
+    async def bind() -> None:
+        async with c.sender:
+            pass
+
+    on_trio = _on_trio()
+
+    def one_thread() -> None:  # two event loops, one after the other, in one thread
+        if on_trio:
+            trio.run(bind)
+            trio.run(anext, c.receiver)
+        else:
+            asyncio.run(bind())
+            asyncio.run(anext(c.receiver))
+
+    await anyio.to_thread.run_sync(one_thread)
+
+
+async def use_here_what_another_loop_bound(c: Channel[int, Any]) -> None:
+    async def bind() -> None:
+        async with c.sender:
+            pass
+
+    await in_another_loop(bind)
+    await anext(c.receiver)
+
+
+async def use_outside_any_event_loop(c: Channel[int, Any]) -> None:
+    def outside() -> None:
+        coroutine = c.receiver.__anext__()
+        try:
+            coroutine.send(None)
+        finally:
+            coroutine.close()
+
+    await anyio.to_thread.run_sync(outside)
+
+
+async def enter_a_producer_twice(c: Channel[int, Any]) -> None:
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+
+    stream = numbers()
+    async with stream:
+        pass
+    async with stream:
+        pass
+
+
+async def close_twice(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    c.receiver.close()
+    await c.receiver.aclose()
+    async with c.receiver:
+        pass
+    assert "receiver closed" in repr(c)
+    async with c.sender as itemize:  # the producer still just ends
+        with pytest.raises(ReceiverClosed):
+            await itemize(1)
+
+
+async def close_after_a_clean_end(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    with pytest.raises(StopAsyncIteration):
+        await anext(c.receiver)
+    c.receiver.close()
+    c.receiver.close()
+    with pytest.raises(ChannelClosed, match="receiver was closed"):
+        await anext(c.receiver)
+
+
+async def receiver_closed_of_another_channel(c: Channel[int, Any]) -> None:
+    other: Channel[int, Any] = Channel()
+    other.receiver.close()
+    async with other.sender as other_itemize:
+        try:
+            await other_itemize(1)
+        except ReceiverClosed as exc:
+            foreign = exc
+    async with c.sender:
+        raise foreign  # ReceiverClosed of `other`: not this block's to absorb
+
+
+async def iterate_a_failed_stream_again(c: Channel[int, Any]) -> None:
+    with contextlib.suppress(Boom):
+        async with c.sender:
+            raise Boom("the block failed")
+    with pytest.raises(SenderFailed):
+        await anext(c.receiver)
+    await anext(c.receiver)  # keeps failing: a truncated stream never looks complete
+
+
+MISUSES = [
+    pytest.param(itemize_after_its_block, ChannelClosed, "after its sender block ended"),
+    pytest.param(
+        itemize_many_after_its_block,
+        ChannelClosed,
+        "after its sender block ended",
+    ),
+    pytest.param(
+        itemize_still_waiting_when_the_block_ends, ChannelClosed, "ended while this itemize"
+    ),
+    pytest.param(enter_the_sender_while_open, ChannelClosed, "already open; share its itemize"),
+    pytest.param(enter_the_sender_after_it_ended, ChannelClosed, "already ended"),
+    pytest.param(iterate_from_two_tasks, ChannelError, "another task is already waiting"),
+    pytest.param(iterate_a_closed_receiver, ChannelClosed, "receiver was closed; create a new"),
+    pytest.param(
+        asend_on_a_closed_receiver,
+        ChannelClosed,
+        "receiver was closed",
+    ),
+    pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, "nobody will take this item"),
+    pytest.param(
+        itemize_many_after_the_receiver_closed,
+        ReceiverClosed,
+        "receiver was closed",
+    ),
+    pytest.param(
+        asend_a_value_before_the_first_item,
+        ChannelError,
+        "before the first item",
+    ),
+    pytest.param(
+        batches_of_nothing,
+        ValueError,
+        "max_items must be at least 1",
+    ),
+    pytest.param(receive_in_a_second_event_loop, ChannelError, "belongs to another event loop"),
+    pytest.param(
+        enter_the_sender_in_a_second_event_loop, ChannelError, "belongs to another event loop"
+    ),
+    pytest.param(itemize_in_a_second_event_loop, ChannelError, "belongs to another event loop"),
+    pytest.param(use_here_what_another_loop_bound, ChannelError, "belongs to another event loop"),
+    pytest.param(
+        use_after_its_loop_ended_in_a_new_loop_of_the_same_thread,
+        ChannelError,
+        "belongs to another event loop",
+    ),
+    pytest.param(
+        receive_in_an_event_loop_of_the_other_kind, ChannelError, "belongs to another event loop"
+    ),
+    pytest.param(use_outside_any_event_loop, ChannelError, "asyncio, uvloop or trio"),
+    pytest.param(
+        enter_a_producer_twice,
+        ChannelError,
+        "already entered",
+    ),
+    pytest.param(receiver_closed_of_another_channel, ReceiverClosed, "receiver was closed"),
+    pytest.param(iterate_a_failed_stream_again, SenderFailed, "the sender block ended with"),
+    pytest.param(close_twice, None, "", id="close_twice-harmless"),
+    pytest.param(close_after_a_clean_end, None, "", id="close_after_a_clean_end-harmless"),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("misuse", "expected", "message"), MISUSES)
+async def test_misuse_is_loud(
+    misuse: Callable[[Channel[int, Any]], Awaitable[None]],
+    expected: type[BaseException] | None,
+    message: str,
+) -> None:
+    c: Channel[int, Any] = Channel()
+    if expected is None:  # harmless: no exception at all
+        with anyio.fail_after(RUN_LIMIT):
+            await misuse(c)
+        return
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 - the exact type is checked below
+        with anyio.fail_after(RUN_LIMIT):
+            await misuse(c)
+    assert type(caught.value) is expected, repr(caught.value)
+    assert message in str(caught.value), str(caught.value)
+
+
+# --- Exceptions travel as they would through a generator --------------------------------------
+
+
+def _failing_generator() -> Generator[int, Any, None]:
+    yield 1
+    raise ValueError("the iterable failed")
+
+
+async def an_iterable_that_fails_in_itemize_many() -> object:
+    """The iterable's exception is raised by itemize.many in the producer, not in the receiver."""
+    c: Channel[int, Any] = Channel()
+    raised: list[BaseException] = []
+
+    async def produce() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(_failing_generator())
+            except ValueError as exc:
+                raised.append(exc)
+            await itemize(2)  # the stream goes on
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        received = [item async for item in c.receiver]
+    assert received == [1, 2]
+    return raised[0]
+
+
+async def a_producer_function_that_fails() -> object:
+    """Its exception leaves the `async with` as itself, not as the receiver's SenderFailed."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+        raise Boom("the producer function failed")
+
+    async with numbers() as items:
+        async for _ in items:  # raises SenderFailed here; the `async with` replaces it
+            pass
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_producer_function_with_two_errors() -> object:
+    """Several errors leave the `async with` as a group of them, without SenderFailed."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+        raise ExceptionGroup("two", [Boom("one"), ValueError("two")])
+
+    try:
+        async with numbers() as items:
+            async for _ in items:
+                pass
+    except ExceptionGroup as group:
+        return group
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_producer_function_failing_beside_its_stop_signal() -> object:
+    """After the consumer leaves, ReceiverClosed of one task never reaches the consumer."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        async def fails_later() -> None:
+            with anyio.CancelScope(shield=True):
+                for _ in range(20):
+                    await checkpoint()
+            raise Boom("failed while the other task stopped")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fails_later)
+            for i in itertools.count():
+                await itemize(i)  # ReceiverClosed once the consumer leaves
+
+    async with numbers() as items:
+        assert await anext(items) == 0
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_consumer_and_its_producer_function_that_both_fail() -> object:
+    """Two real errors, the consumer's and the producer's, leave as a group of both."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        raise Boom("the producer function failed")
+
+    async with numbers() as items:
+        with pytest.raises(SenderFailed):
+            await anext(items)  # starts the function, which fails
+        raise ValueError("the consumer failed")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def an_empty_delegation_ahead_of_an_item() -> object:
+    """itemize.many([]) returns when the receiver asks, which then takes the next item."""
+    c: Channel[str, Any] = Channel()
+    returned: list[object] = []
+
+    async def delegate(itemize: Any) -> None:
+        returned.append(await itemize.many([]))
+
+    async with anyio.create_task_group() as tg:
+        async with c.sender as itemize:
+            tg.start_soon(delegate, itemize)
+            await _settle()
+            tg.start_soon(itemize, "after")
+            while c.statistics().producers_waiting < 2:
+                await checkpoint()
+            assert await anext(c.receiver) == "after"
+        assert [item async for item in c.receiver] == []
+    assert returned == [None]
+    raise Boom("done")  # the expected outcome of this scenario
+
+
+EXCEPTION_PATHS = [
+    pytest.param(an_iterable_that_fails_in_itemize_many, ValueError, "the iterable failed", []),
+    pytest.param(a_producer_function_that_fails, Boom, "the producer function failed", []),
+    pytest.param(a_producer_function_with_two_errors, ExceptionGroup, "two (2", [Boom, ValueError]),
+    pytest.param(  # the function's own task group raised it: a group, without ReceiverClosed
+        a_producer_function_failing_beside_its_stop_signal, ExceptionGroup, "(1 sub", [Boom]
+    ),
+    pytest.param(
+        a_consumer_and_its_producer_function_that_both_fail,
+        ExceptionGroup,
+        "(2 sub",
+        [Boom, ValueError],
+    ),
+    pytest.param(an_empty_delegation_ahead_of_an_item, Boom, "done", []),
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("scenario", "expected", "message", "inside"), EXCEPTION_PATHS)
+async def test_exceptions_travel_as_through_a_generator(
+    scenario: Callable[[], Awaitable[object]],
+    expected: type[BaseException],
+    message: str,
+    inside: list[type[BaseException]],
+) -> None:
+    try:
+        with anyio.fail_after(RUN_LIMIT):
+            exc = await scenario()
+    except BaseException as raised:
+        exc = raised
+    assert type(exc) is expected, repr(exc)
+    assert message in str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        assert [type(e) for e in exc.exceptions] == inside, exc.exceptions
+
+
+# --- Backend detection ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["asyncio", "uvloop"])
+def test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters(host: str) -> None:
+    """README: the backend is detected when the channel is first used; here that is trio."""
+
+    async def trio_main() -> list[int]:
+        c: Channel[int, Any] = Channel()
+
+        async def produce() -> None:
+            async with c.sender as itemize:
+                for i in range(3):
+                    await itemize(i)
+
+        with trio.fail_after(RUN_LIMIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                return [i async for i in c.receiver]
+
+    async def host_main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        return (await done).unwrap()  # type: ignore[no-any-return]
+
+    runner = uvloop.run if host == "uvloop" else asyncio.run
+    assert runner(host_main()) == [0, 1, 2]
+
+
+@pytest.mark.anyio
+async def test_a_delegation_cut_short_by_the_end_of_the_block() -> None:
+    """Another task's itemize.many, delegating when the block ends: ChannelClosed, closed."""
+    c: Channel[int, Any] = Channel()
+    happened: list[str] = []
+
+    def numbers() -> Generator[int, Any, None]:
+        try:
+            yield from itertools.count()
+        finally:
+            happened.append("generator closed")
+
+    async def delegate(itemize: Any) -> None:
+        try:
+            await itemize.many(numbers())
+        except ChannelClosed as exc:
+            happened.append(f"ChannelClosed: {exc}")
+
+    with anyio.fail_after(RUN_LIMIT):
+        async with anyio.create_task_group() as tg:
+            async with c.sender as itemize:
+                tg.start_soon(delegate, itemize)
+                assert await anext(c.receiver) == 0  # delegating now
+            assert [item async for item in c.receiver] == []  # the block ended cleanly
+    assert happened[0] == "generator closed"
+    assert happened[1].startswith("ChannelClosed: the sender block ended while"), happened
