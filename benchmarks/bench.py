@@ -975,6 +975,7 @@ COLORS = {  # the baselines in blues, the peers in muted colours, yieldchannel i
     "ours": "#d62728",
     "duplex": "#ff7f0e",
     "many": "#ff9896",
+    "batches": "#c49c94",
     "shared": "#e377c2",
 }
 
