@@ -55,7 +55,17 @@ if TYPE_CHECKING:
     )
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
-    from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, final, overload
+    from typing import (
+        Any,
+        Concatenate,
+        Generic,
+        ParamSpec,
+        Protocol,
+        Self,
+        TypeGuard,
+        final,
+        overload,
+    )
 
     # typing_extensions for PEP 696 defaults: `Channel[int]` means `Channel[int, None]`.
     # Only type checkers read this; they ship typing_extensions' stubs.
@@ -676,10 +686,13 @@ class _Producing(Generic[T, R]):
 
 def _only_receiver_closed(exc: BaseException) -> bool:
     """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
-    if not isinstance(exc, BaseExceptionGroup):
-        return isinstance(exc, ReceiverClosed)
-    # Wrapped once more, so that type checkers know the type of the split.
-    return BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1] is None
+    if _is_group(exc):
+        return exc.split(ReceiverClosed)[1] is None
+    return isinstance(exc, ReceiverClosed)
+
+
+def _is_group(exc: BaseException) -> TypeGuard[BaseExceptionGroup[BaseException]]:
+    return isinstance(exc, BaseExceptionGroup)
 
 
 # --- The shared state ------------------------------------------------------------
