@@ -2787,6 +2787,299 @@ def test_mypy_rejects_what_the_variance_forbids(
     assert "error:" in output
 
 
+# --- Found by mutation testing ------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_itemize_kept_after_its_block_absorbed_receiver_closed_raises_channel_closed() -> (
+    None
+):
+    c: Channel[int] = Channel()
+    async with c.sender as itemize:
+        c.receiver.close()
+        await itemize(1)  # raises ReceiverClosed, which the block absorbs
+    # BaseException, so that a ReceiverClosed in its place fails the test instead of pytest
+    with pytest.raises(BaseException, match="after its sender block ended") as raised:
+        await itemize(2)
+    assert raised.type is ChannelClosed
+
+
+@pytest.mark.anyio
+async def test_many_after_its_block_ended_raises_channel_closed() -> None:
+    c: Channel[int] = Channel()
+    async with c.sender as itemize:
+        pass
+    with anyio.fail_after(STEP), pytest.raises(ChannelClosed, match="after its sender block ended"):
+        await itemize.many([1, 2])
+
+
+@pytest.mark.anyio
+async def test_batches_of_one_give_one_item_per_list() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(range(3))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert [batch async for batch in c.receiver.batches(1)] == [[0], [1], [2]]
+
+
+def test_decorated_function_keeps_its_module_and_unwraps_to_the_original() -> None:
+    async def ticks(itemize: Itemize[int]) -> None:
+        await itemize(1)
+
+    decorated = channel.producer(ticks)
+    assert decorated.__module__ == __name__
+    assert decorated.__wrapped__ is ticks  # type: ignore[attr-defined]
+
+
+@pytest.mark.anyio
+async def test_asend_replies_to_the_itemize_whose_item_was_taken_while_others_wait() -> None:
+    c: Channel[str, int] = Channel()
+    replies: dict[str, int | None] = {}
+
+    async def send(itemize: Itemize[str, int], item: str) -> None:
+        replies[item] = await itemize(item)
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(send, itemize, "a")
+            await settle()
+            workers.start_soon(send, itemize, "b")
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 2)
+            assert await anext(c.receiver) == "a"
+            assert await c.receiver.asend(1) == "b"  # "b" still waits in the queue
+            with pytest.raises(StopAsyncIteration):
+                await c.receiver.asend(2)
+    assert replies == {"a": 1, "b": 2}
+
+
+@pytest.mark.anyio
+async def test_statistics_count_every_item_taken_from_waiting_producers() -> None:
+    c: Channel[str] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            for item in "abc":
+                workers.start_soon(itemize, item)
+                await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 3)
+            assert await collect(c.receiver) == ["a", "b", "c"]
+    assert c.statistics().items_delivered == 3
+
+
+@pytest.mark.anyio
+async def test_statistics_count_an_itemize_waiting_for_the_next_ask() -> None:
+    c: Channel[str] = Channel()
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, c, ["a"])
+            assert await anext(c.receiver) == "a"
+            assert c.statistics().producers_waiting == 1
+            assert repr(c) == "<Channel open, 1 itemize waiting, 1 delivered>"
+            assert await collect(c.receiver) == []
+
+
+@pytest.mark.anyio
+async def test_a_producer_waiting_in_itemize_gets_receiver_closed_not_a_cancellation() -> None:
+    """As a generator gets GeneratorExit: its cleanup can still await."""
+    events: list[str] = []
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        try:
+            await itemize(0)
+        except ReceiverClosed:
+            events.append("receiver closed")
+            await anyio.lowlevel.checkpoint()
+            events.append("cleaned up")
+            raise
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            assert await anext(items) == 0  # the producer now waits for the next ask
+    assert events == ["receiver closed", "cleaned up"]
+
+
+@pytest.mark.anyio
+async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_cancellation() -> (
+    None
+):
+    events: list[str] = []
+    ready = anyio.Event()
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        await ready.wait()
+        try:
+            await itemize(1)  # nobody waits in anext any more: the item waits untaken
+        except ReceiverClosed:
+            events.append("receiver closed")
+            await anyio.lowlevel.checkpoint()
+            events.append("cleaned up")
+            raise
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            await settle()  # the producer waits for the first ask
+            with anyio.move_on_after(0):
+                await anext(items)  # asks, which starts the producer, then gives up
+            ready.set()
+            await settle()
+    assert events == ["receiver closed", "cleaned up"]
+
+
+@pytest.mark.anyio
+async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_consumer_leaves() -> (
+    None
+):
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        with scope:
+            await itemize(0)  # taken, then cancelled while it waits for the next ask
+        events.append("busy elsewhere")
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            assert await anext(items) == 0
+            scope.cancel()
+            await wait_until(lambda: events == ["busy elsewhere"])
+    assert scope.cancelled_caught
+
+
+@pytest.mark.anyio
+async def test_cancelling_many_closes_the_generator_before_many_raises() -> None:
+    c: Channel[int] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            events.append("generator closed")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with scope:
+                await itemize.many(numbers())
+            events.append("many cancelled")
+            await itemize(-1)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0
+            scope.cancel()
+            await wait_until(lambda: "many cancelled" in events)
+            assert events == ["generator closed", "many cancelled"]  # not at the next ask
+            assert await collect(c.receiver) == [-1]
+
+
+@pytest.mark.anyio
+async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "never delivered"
+        finally:
+            events.append("generator closed")
+
+    source = letters()
+    next(source)  # started by its owner, so it has cleanup to do
+
+    async def delegate(itemize: Itemize[str]) -> None:
+        with scope:
+            await itemize.many(source)
+        events.append("many cancelled")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(itemize, "first")
+            await settle()
+            tg.start_soon(delegate, itemize)  # waits in the queue behind "first"
+            await settle()
+            scope.cancel()
+            await wait_until(lambda: "many cancelled" in events)
+            assert events == ["generator closed", "many cancelled"]
+            assert await anext(c.receiver) == "first"
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator() -> None:
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "never delivered"
+        finally:
+            events.append("generator closed")
+
+    source = letters()
+    next(source)  # started by its owner, so it has cleanup to do
+
+    async def head(itemize: Itemize[str]) -> None:
+        with scope:
+            await itemize.many(source)
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(head, itemize)
+            await settle()
+            workers.start_soon(itemize, "b")
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 2)
+            scope.cancel()  # the head is cancelled, but has not run yet
+            assert await anext(c.receiver) == "b"  # skips the head
+            assert events == ["generator closed"]
+            assert await collect(c.receiver) == []
+    assert events == ["generator closed"]
+
+
+@pytest.mark.anyio
+async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> None:
+    async def one_stream() -> None:
+        c: Channel[int] = Channel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, c, [1])
+            assert await collect(c.receiver) == [1]
+
+    await one_stream()  # the first channel in this event loop may set the backend up
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            await one_stream()
+        assert gc.collect() == 0  # no backend made again, and dropped, per channel
+    finally:
+        gc.enable()
+
+
 # === Reliability: no item lost, duplicated or stuck, under any cancellation ================
 #
 # Longer runs: CHANNEL_HYPOTHESIS_EXAMPLES (default 60 per backend), CHANNEL_TRIO_SEEDS (2),
