@@ -61,6 +61,16 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return request.param  # type: ignore[no-any-return]
 
 
+@pytest.fixture(autouse=bool(os.environ.get("MUTANT_UNDER_TEST")))
+def _fresh_backends() -> None:
+    """Under mutmut only: build the backends anew per test, so that their mutants run.
+
+    channel caches each backend for the process; mutmut forks its workers from a
+    process that already ran the suite, which would hide mutants of the factories.
+    """
+    channel._backends.clear()
+
+
 async def collect(receiver: AsyncIterator[Any]) -> list[Any]:
     return [item async for item in receiver]
 
