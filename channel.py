@@ -673,14 +673,13 @@ class _Producing(Generic[T, R]):
     def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
         """The exceptions the consumer should see, from what the task group raised.
 
-        The producer's own exceptions, without the SenderFailed through which the
-        receiver saw them (trio copies exception groups, so they are matched by
-        presence, not identity), and without cancellations beside a real error;
-        several cancellations become one.
+        The producer's own exceptions, a cancellation included, without the
+        SenderFailed through which the receiver saw them (trio copies exception
+        groups, so they are matched by presence, not identity), and without
+        cancellations beside a real error; several cancellations become one.
         """
+        errors = [error for error in errors if not isinstance(error, SenderFailed)] or errors
         real = [error for error in errors if not isinstance(error, self._cancelled)]
-        if len(real) > 1:
-            real = [error for error in real if not isinstance(error, SenderFailed)]
         return real or list(errors[:1])
 
 

@@ -1499,6 +1499,28 @@ async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> N
 
 
 @pytest.mark.anyio
+async def test_a_cancelled_producer_ends_async_with_as_the_cancellation_not_sender_failed() -> None:
+    # trio cancels the producer (waiting in itemize) while the consumer is shielded;
+    # the consumer's next ask then raises SenderFailed from that Cancelled. The
+    # cancellation, not the SenderFailed, must leave the async with, so that the
+    # scope that cancelled catches it.
+    @channel.producer
+    async def counter(itemize: Itemize[int]) -> None:
+        for i in itertools.count():
+            await itemize(i)
+
+    with anyio.fail_after(STEP), anyio.CancelScope() as outer:
+        async with counter() as items:
+            assert await anext(items) == 0
+            with anyio.CancelScope(shield=True):
+                outer.cancel()
+                await settle()
+                await anext(items)
+            await anyio.lowlevel.checkpoint()
+    assert outer.cancelled_caught
+
+
+@pytest.mark.anyio
 async def test_a_producers_own_exception_group_comes_out_as_that_group() -> None:
     @channel.producer
     async def grouped(itemize: Itemize[int]) -> None:
