@@ -3190,9 +3190,10 @@ async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> Non
 #    (`test_the_per_item_path_creates_no_reference_cycles`).
 #
 # 5. Misuse (`test_misuse_is_loud`): one table of every misuse, with the exact exception
-#    type and a message substring; closing twice is harmless. Also: exceptions travel as
+#    type and the whole message; closing twice is harmless. Also: exceptions travel as
 #    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
-#    guest mode on asyncio (BUG-3, strict xfail).
+#    guest mode on asyncio gets trio's waiters
+#    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
 
 RUN_LIMIT = 10  # seconds: a hang detector; every run here takes milliseconds
 HARNESS = "cancelled by the reliability harness"  # the message of its raw asyncio cancels
@@ -4001,12 +4002,6 @@ def check_producer_run(log: Log, run: ProducerRun, plan: Plan, fail: bool) -> li
     return problems
 
 
-# BUG-1 (bugs.md), fixed in channel.py since: leaving `async with producer()` hung when the
-# receiver was closed before the producer task started. The "close receiver" plan below
-# found it; test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang is the
-# minimal reproduction.
-
-
 @pytest.mark.anyio
 @pytest.mark.parametrize("fail", [False, True], ids=["returns", "raises"])
 @pytest.mark.parametrize("plan", PLANS, ids=str)
@@ -4031,7 +4026,7 @@ async def test_cancelling_a_producer_function_at_every_scheduling_point(
 
 @pytest.mark.anyio
 async def test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang() -> None:
-    """BUG-1 in bugs.md (since fixed); a watchdog turns the hang into a failure."""
+    """The receiver closed before the producer task started: leaving must not hang."""
 
     @channel.producer
     async def numbers(itemize: Any) -> None:
@@ -4065,7 +4060,7 @@ async def test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang(
 @pytest.mark.anyio
 @pytest.mark.parametrize("how", ["receiver closed", "many cancelled"])
 async def test_a_withdrawn_delegation_closes_its_generator(how: str) -> None:
-    """BUG-2 in bugs.md (since fixed): a queued itemize.many, withdrawn, closes its generator."""
+    """A queued itemize.many, withdrawn before it started, closes its generator."""
 
     def numbers() -> Generator[int, Any, None]:
         yield 0
@@ -5151,63 +5146,85 @@ async def iterate_a_failed_stream_again(c: Channel[int, Any]) -> None:
     await anext(c.receiver)  # keeps failing: a truncated stream never looks complete
 
 
+# The messages in full: they are what a user reads, so a change of wording is a change here.
+AFTER_ITS_BLOCK = (
+    "itemize was called after its sender block ended; call it only inside the "
+    "`async with c.sender` block (a task that shares it must finish before the block exits)"
+)
+RECEIVER_WAS_CLOSED = "this receiver was closed; create a new Channel to receive again"
+NOBODY_WILL_TAKE_IT = (
+    "the receiver was closed, so nobody will take this item; stop producing "
+    "(the sender block absorbs this exception)"
+)
+ANOTHER_LOOP = (
+    "this channel belongs to another event loop (or trio run); "
+    "create the Channel again inside the loop that uses it"
+)
+
 MISUSES = [
-    pytest.param(itemize_after_its_block, ChannelClosed, "after its sender block ended"),
+    pytest.param(itemize_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
+    pytest.param(itemize_many_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
     pytest.param(
-        itemize_many_after_its_block,
+        itemize_still_waiting_when_the_block_ends,
         ChannelClosed,
-        "after its sender block ended",
+        "the sender block ended while this itemize was waiting, so its item was not "
+        "delivered; make the tasks that share itemize finish inside the block "
+        "(a task group does that)",
     ),
     pytest.param(
-        itemize_still_waiting_when_the_block_ends, ChannelClosed, "ended while this itemize"
-    ),
-    pytest.param(enter_the_sender_while_open, ChannelClosed, "already open; share its itemize"),
-    pytest.param(enter_the_sender_after_it_ended, ChannelClosed, "already ended"),
-    pytest.param(iterate_from_two_tasks, ChannelError, "another task is already waiting"),
-    pytest.param(iterate_a_closed_receiver, ChannelClosed, "receiver was closed; create a new"),
-    pytest.param(
-        asend_on_a_closed_receiver,
+        enter_the_sender_while_open,
         ChannelClosed,
-        "receiver was closed",
+        "this channel's sender block is already open; "
+        "share its itemize instead of entering the sender again",
     ),
-    pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, "nobody will take this item"),
     pytest.param(
-        itemize_many_after_the_receiver_closed,
-        ReceiverClosed,
-        "receiver was closed",
+        enter_the_sender_after_it_ended,
+        ChannelClosed,
+        "this channel's sender block has already ended; a channel carries one stream, "
+        "so create a new Channel for another one",
     ),
+    pytest.param(
+        iterate_from_two_tasks,
+        ChannelError,
+        "another task is already waiting for an item from this receiver; a receiver has "
+        "one consumer at a time (give each consumer its own channel, or fan items out "
+        "from one consuming task)",
+    ),
+    pytest.param(iterate_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
+    pytest.param(asend_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
+    pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
+    pytest.param(itemize_many_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
     pytest.param(
         asend_a_value_before_the_first_item,
         ChannelError,
-        "before the first item",
+        "asend() with a value before the first item: no itemize is waiting for a reply "
+        "yet; ask for the first item with anext() or asend(None)",
     ),
+    pytest.param(batches_of_nothing, ValueError, "max_items must be at least 1, not 0"),
+    pytest.param(receive_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(enter_the_sender_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(itemize_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(use_here_what_another_loop_bound, ChannelError, ANOTHER_LOOP),
     pytest.param(
-        batches_of_nothing,
-        ValueError,
-        "max_items must be at least 1",
+        use_after_its_loop_ended_in_a_new_loop_of_the_same_thread, ChannelError, ANOTHER_LOOP
     ),
-    pytest.param(receive_in_a_second_event_loop, ChannelError, "belongs to another event loop"),
+    pytest.param(receive_in_an_event_loop_of_the_other_kind, ChannelError, ANOTHER_LOOP),
     pytest.param(
-        enter_the_sender_in_a_second_event_loop, ChannelError, "belongs to another event loop"
-    ),
-    pytest.param(itemize_in_a_second_event_loop, ChannelError, "belongs to another event loop"),
-    pytest.param(use_here_what_another_loop_bound, ChannelError, "belongs to another event loop"),
-    pytest.param(
-        use_after_its_loop_ended_in_a_new_loop_of_the_same_thread,
+        use_outside_any_event_loop,
         ChannelError,
-        "belongs to another event loop",
+        "a channel can only be used from a task running on asyncio, uvloop or trio",
     ),
-    pytest.param(
-        receive_in_an_event_loop_of_the_other_kind, ChannelError, "belongs to another event loop"
-    ),
-    pytest.param(use_outside_any_event_loop, ChannelError, "asyncio, uvloop or trio"),
     pytest.param(
         enter_a_producer_twice,
         ChannelError,
-        "already entered",
+        "this producer was already entered; call the producer function again for a new stream",
     ),
-    pytest.param(receiver_closed_of_another_channel, ReceiverClosed, "receiver was closed"),
-    pytest.param(iterate_a_failed_stream_again, SenderFailed, "the sender block ended with"),
+    pytest.param(receiver_closed_of_another_channel, ReceiverClosed, NOBODY_WILL_TAKE_IT),
+    pytest.param(
+        iterate_a_failed_stream_again,
+        SenderFailed,
+        "the sender block ended with Boom('the block failed'), so the stream is incomplete",
+    ),
     pytest.param(close_twice, None, "", id="close_twice-harmless"),
     pytest.param(close_after_a_clean_end, None, "", id="close_after_a_clean_end-harmless"),
 ]
@@ -5229,7 +5246,7 @@ async def test_misuse_is_loud(
         with anyio.fail_after(RUN_LIMIT):
             await misuse(c)
     assert type(caught.value) is expected, repr(caught.value)
-    assert message in str(caught.value), str(caught.value)
+    assert str(caught.value) == message
 
 
 # --- Exceptions travel as they would through a generator --------------------------------------
