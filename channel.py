@@ -599,6 +599,8 @@ class _Producing(Generic[T, R]):
     """The async context manager that a :func:`producer` function returns."""
 
     __slots__ = ("_args", "_cancelled", "_channel", "_function", "_kwargs", "_tasks")
+    _tasks: _TaskGroup  # set by __aenter__(), with:
+    _cancelled: type[BaseException]  # the backend's cancellation exception
 
     def __init__(
         self,
@@ -610,8 +612,6 @@ class _Producing(Generic[T, R]):
         self._args = args
         self._kwargs = kwargs
         self._channel: Channel[T, R] | None = None
-        self._tasks: _TaskGroup | None = None
-        self._cancelled: type[BaseException] = BaseException
 
     async def __aenter__(self) -> Receiver[T, R]:
         if self._channel is not None:
@@ -649,7 +649,6 @@ class _Producing(Generic[T, R]):
         traceback: TracebackType | None,
     ) -> bool:
         assert self._channel is not None
-        assert self._tasks is not None
         state = self._channel._state  # pyright: ignore[reportPrivateUsage]
         in_itemize = state.delivered is not None or bool(state.queue)
         # A producer waiting in itemize ends quietly by ReceiverClosed, as a
@@ -803,11 +802,8 @@ class _State:
             return
         waiter = self.waiters.create_future()
         self.delivered = waiter  # the first ask wakes it, as it wakes an itemize
-        try:
-            await waiter
-        except BaseException:
-            self.withdraw(waiter)
-            raise
+        # If this raises, the sender block ends at once and end_stream() unlinks it.
+        await waiter
 
     def take_ready(self, reply: Any) -> Any:
         """Ask without waiting: the next item if one is ready, else ``_NOTHING``."""
@@ -869,7 +865,7 @@ class _State:
                 if entry[0] is waiter:
                     self.queue.remove(entry)
                     _drop(entry[1])
-                    break
+                    return
 
     def receiver_cancelled(self, waiter: _Waiter) -> None:
         """Unlink the receiver's waiter; keep an item that reached it too late."""
@@ -1092,10 +1088,10 @@ def _make_asyncio_backend() -> _Backend:
     @final
     class _AsyncioTaskGroup:
         __slots__ = ("_group", "_task")
+        _task: asyncio.Task[None]  # set by start()
 
         def __init__(self) -> None:
             self._group = asyncio.TaskGroup()
-            self._task: asyncio.Task[None] | None = None
 
         async def __aenter__(self) -> object:
             return await self._group.__aenter__()
@@ -1116,7 +1112,6 @@ def _make_asyncio_backend() -> _Backend:
             self._task = self._group.create_task(run())
 
         def cancel(self) -> None:
-            assert self._task is not None
             self._task.cancel()
 
     async def checkpoint() -> None:
@@ -1206,11 +1201,11 @@ def _make_trio_backend() -> _Backend:
     @final
     class _TrioTaskGroup:
         __slots__ = ("_manager", "_nursery", "_scope")
+        _nursery: trio.Nursery  # set by __aenter__()
 
         def __init__(self) -> None:
             self._manager = trio.open_nursery()
             self._scope = trio.CancelScope()
-            self._nursery: trio.Nursery | None = None
 
         async def __aenter__(self) -> object:
             self._nursery = await self._manager.__aenter__()
@@ -1229,7 +1224,6 @@ def _make_trio_backend() -> _Backend:
                 with self._scope:
                     await function()
 
-            assert self._nursery is not None
             self._nursery.start_soon(run)
 
         def cancel(self) -> None:
