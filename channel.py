@@ -647,7 +647,7 @@ class _Producing(Generic[T, R]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         traceback: TracebackType | None,
-    ) -> bool:
+    ) -> None:
         assert self._channel is not None
         state = self._channel._state  # pyright: ignore[reportPrivateUsage]
         in_itemize = state.delivered is not None or bool(state.queue)
@@ -667,7 +667,6 @@ class _Producing(Generic[T, R]):
                 raise error from error.__cause__
             finally:
                 del error, errors, group  # no reference cycle through this frame
-        return False
 
     def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
         """The exceptions the consumer should see, from what the task group raised.
