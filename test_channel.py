@@ -3157,6 +3157,32 @@ async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> Non
 #    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
 #    guest mode on asyncio gets trio's waiters
 #    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
+#
+# 6. Coverage and mutation testing. CI enforces 100% branch coverage of channel.py.
+#    `pip install '.[test,mutation]' && mutmut run` mutates channel.py and runs these tests
+#    against each mutant (configured in pyproject.toml). Every mutant is killed or times
+#    out (a hang the tests detect) except the ones below, which change nothing any code
+#    can observe; `mutmut results` lists them and `mutmut show NAME` shows each.
+#
+#    - `Sender.__aexit__` returns True instead of False when there was no exception:
+#      with nothing raised there is nothing to suppress, so the value is ignored.
+#    - `_State.__init__` sets `sender_entered` or `receiver_closed` to None instead of
+#      False; `_TrioWaiter.__init__` does the same to `_cancelled`: they are only ever
+#      tested for truth.
+#    - `_State.close_receiver` sets `stash` to None instead of `_NOTHING`: once the
+#      receiver is closed every ask raises before it reads `stash`; either value lets
+#      go of the item.
+#    - `Receiver._ask` checkpoints when `items_delivered % 256 == 1` instead of `== 0`:
+#      the same period, one item later; the tests check the period, not the phase.
+#    - The task groups' `__aexit__` (in `_Producing` and in both backends) pass None
+#      instead of the traceback, or, on trio, instead of the exception type: neither
+#      `asyncio.TaskGroup.__aexit__` nor trio's nursery manager reads them.
+#    - `sys.version_info >= (3, 12)` in the asyncio backend becomes `> (3, 12)` (the same:
+#      version_info has five fields), `>= (3, 13)` or `>= (4, 12)`: the same on 3.11,
+#      where the tests run; on newer Pythons it only picks the 3.11 loop check, which is
+#      also correct, only slower.
+#    - `_TrioWaiter.result` asserts the opposite: the line never runs, because trio never
+#      cancels a task it has already rescheduled (hence its `pragma: no cover`).
 
 RUN_LIMIT = 10  # seconds: a hang detector; every run here takes milliseconds
 HARNESS = "cancelled by the reliability harness"  # the message of its raw asyncio cancels
