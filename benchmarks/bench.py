@@ -335,25 +335,15 @@ async def asyncio_queue(tasks: Tasks, n: int) -> float:
 
 
 async def anyio_stream(tasks: Tasks, n: int) -> float:
-    send, receive = anyio.create_memory_object_stream[int](0)
-
-    async def consumer() -> None:
-        total = 0
-        async with receive:
-            async for x in receive:
-                total += x
-        check_total(total, n)
-
-    async def producer() -> None:
-        async with send:
-            for i in range(n):
-                await send.send(i)
-
-    return await tasks.pair(consumer, producer)
+    return await memory_channel_pair(tasks, n, *anyio.create_memory_object_stream[int](0))
 
 
 async def trio_channel(tasks: Tasks, n: int) -> float:
-    send, receive = trio.open_memory_channel[int](0)
+    return await memory_channel_pair(tasks, n, *trio.open_memory_channel[int](0))
+
+
+async def memory_channel_pair(tasks: Tasks, n: int, send: Any, receive: Any) -> float:
+    """trio's channels and anyio's streams: the same send/receive API, used the same way."""
 
     async def consumer() -> None:
         total = 0
