@@ -325,17 +325,22 @@ class _Itemize(Generic[T_contra, R_co]):
         state = self._state
         if state.current_run() is not state.run or state.end is not None or state.receiver_closed:
             state.check_send()
+        source = _Source(iter(items))
         waiter = state.waiters.create_future()
         if state.queue is None:
-            state.queue = [(waiter, _Source(iter(items)))]
+            state.queue = [(waiter, source)]
         else:
-            state.queue.append((waiter, _Source(iter(items))))
+            state.queue.append((waiter, source))
         # A waiting receiver pulls the items itself, in its own task.
         state.wake_receiver(_WAKE_TO_ASK_AGAIN)
         try:
             return await waiter  # the generator's return value
         except BaseException:
             state.withdraw(waiter)
+            # Whatever stopped the delegation, the iterator is closed here, in the
+            # producer, as `yield from` closes it: what close() raises comes out of
+            # this call, and no other task's wake-up can be lost to it.
+            _close_iterator(source.iterator)
             raise
 
     def __repr__(self) -> str:
@@ -575,10 +580,14 @@ def producer(
     - An exception in the function comes out of the ``async with`` as itself (an
       exception group only when there are several exceptions), not as the
       :exc:`SenderFailed` the receiver saw.
-    - Leaving the ``async with`` in any way closes the receiver, so a producer
-      waiting in ``itemize`` gets :exc:`ReceiverClosed` (as a generator gets
-      ``GeneratorExit``); a producer busy elsewhere is cancelled. Either way the
-      ``async with`` waits for it: its ``finally`` blocks have run when it exits.
+    - Leaving the ``async with`` in any way (``break``, ``return``, an exception, a
+      cancellation) closes the receiver, so a producer waiting in ``itemize`` gets
+      :exc:`ReceiverClosed` and nothing else (as a generator under
+      ``contextlib.aclosing`` gets ``GeneratorExit``); a producer busy elsewhere is
+      cancelled. Either way the ``async with`` waits for it: its ``finally`` blocks
+      have run to the end when it exits (on trio, a cancellation of the consumer
+      also reaches their awaits, as it reaches a generator closed in that scope).
+      Then the consumer's own exception, if any, comes out.
     - Several cancellations reach the consumer as one; the producer's stop
       signals never reach it.
     """
@@ -656,25 +665,35 @@ class _Producing(Generic[T, R]):
         state.close_receiver()
         if not in_itemize:
             self._tasks.cancel()
+        # The consumer's exception is kept from the task group, which would cancel
+        # the producer with it: however the consumer leaves, a producer waiting in
+        # itemize ends by ReceiverClosed alone, and its cleanup runs to the end.
         try:
-            await self._tasks.__aexit__(exc_type, exc, traceback)
+            await self._tasks.__aexit__(None, None, None)
         except BaseExceptionGroup as group:
-            errors = self._what_to_raise(group.exceptions)
-            if len(errors) > 1:
-                raise group.derive(errors) from group.__cause__
-            error = errors[0]
-            try:
-                raise error from error.__cause__
-            finally:
-                del error, errors, group  # no reference cycle through this frame
+            errors = [*group.exceptions]
+        else:
+            errors = []
+        if exc is not None:
+            errors.append(exc)
+        errors = self._what_to_raise(errors)
+        if not errors or errors == [exc]:
+            return  # nothing, or the consumer's own exception goes on as it is
+        if len(errors) > 1:
+            raise BaseExceptionGroup("unhandled errors in a producer's async with", errors)
+        error = errors[0]
+        try:
+            raise error from error.__cause__
+        finally:
+            del error, errors  # no reference cycle through this frame
 
     def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
-        """The exceptions the consumer should see, from what the task group raised.
+        """The exceptions the consumer should see, from the producer's and its own.
 
-        The producer's own exceptions, a cancellation included, without the
-        SenderFailed through which the receiver saw them (trio copies exception
-        groups, so they are matched by presence, not identity), and without
-        cancellations beside a real error; several cancellations become one.
+        Both sides' exceptions, a cancellation included, without the SenderFailed
+        through which the receiver saw the producer's (trio copies exception groups,
+        so they are matched by presence, not identity), and without cancellations
+        beside a real error; several cancellations become one.
         """
         errors = [error for error in errors if not isinstance(error, SenderFailed)] or errors
         real = [error for error in errors if not isinstance(error, self._cancelled)]
@@ -717,12 +736,6 @@ class _Source:
 
     def __init__(self, iterator: Iterator[Any]) -> None:
         self.iterator = iterator
-
-
-def _drop(item: Any) -> None:
-    """Let go of a queued item that will never be delivered; a delegation is closed."""
-    if type(item) is _Source:
-        _close_iterator(item.iterator)
 
 
 def _close_iterator(iterator: object) -> None:
@@ -816,7 +829,6 @@ class _State:
         while self.queue:
             waiter, item = self.queue.pop(0)
             if waiter.done():  # a cancelled producer withdrew its item
-                _drop(item)
                 continue
             self.delivered = waiter
             if type(item) is not _Source:
@@ -834,36 +846,33 @@ class _State:
         waiter = self.delivered
         assert source is not None
         assert waiter is not None
-        if waiter.done():  # the `many` call was cancelled
-            self.stop_delegating()
+        if waiter.done():  # the `many` call was cancelled; it closes its iterator
+            self.source = None
             return _NOTHING
         try:
             item = next(source) if reply is None else source.send(reply)
-        except StopIteration as stop:
-            self.source = self.delivered = None
-            waiter.set_result(stop.value)
-            return _NOTHING
-        except BaseException as exc:  # raised in the producer, as `yield from` does
-            self.source = self.delivered = None
-            waiter.set_exception(exc)
+        except BaseException as exc:
+            self.end_delegation(waiter, exc)
             return _NOTHING
         self.items_delivered += 1
         return item
 
-    def stop_delegating(self) -> None:
-        source, self.source = self.source, None
-        _close_iterator(source)
+    def end_delegation(self, waiter: _Waiter, exc: BaseException) -> None:
+        """The delegated iterator ended: ``many`` returns its value or raises ``exc``."""
+        self.source = self.delivered = None
+        if isinstance(exc, StopIteration):
+            waiter.set_result(exc.value)
+        else:  # raised in the producer, as `yield from` does
+            waiter.set_exception(exc)
 
     def withdraw(self, waiter: _Waiter) -> None:
         """Unlink a producer's waiter after its ``itemize`` was interrupted."""
         if self.delivered is waiter:
-            self.delivered = None
-            self.stop_delegating()
+            self.delivered = self.source = None
         elif self.queue:
             for entry in self.queue:
                 if entry[0] is waiter:
                     self.queue.remove(entry)
-                    _drop(entry[1])
                     return
 
     def receiver_cancelled(self, waiter: _Waiter) -> None:
@@ -886,7 +895,7 @@ class _State:
         self.wake_receiver(_WAKE_TO_END)
         producer, self.delivered = self.delivered, None
         if self.source is not None:  # another task's `many`, cut short
-            self.stop_delegating()
+            self.source = None
             if not producer.done():  # type: ignore[union-attr]
                 producer.set_exception(_block_ended())  # type: ignore[union-attr]
         elif producer is not None and not producer.done():
@@ -894,8 +903,7 @@ class _State:
             producer.set_result(None)
         # Other tasks still waiting to hand an item over: it was never taken.
         queue, self.queue = self.queue, None
-        for waiter, item in queue or ():
-            _drop(item)
+        for waiter, _ in queue or ():
             if not waiter.done():
                 waiter.set_exception(_block_ended())
 
@@ -907,11 +915,9 @@ class _State:
         self.wake_receiver(_WAKE_TO_END)
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
-        self.stop_delegating()
+        self.source = None  # a `many` call closes its own iterator
         waiting = [producer] if producer is not None else []
-        for waiter, item in queue or ():
-            _drop(item)
-            waiting.append(waiter)
+        waiting += [waiter for waiter, _ in queue or ()]
         for waiter in waiting:
             if not waiter.done():
                 waiter.set_exception(_receiver_closed())
@@ -1143,6 +1149,8 @@ def _make_asyncio_backend() -> _Backend:
 
 
 def _make_trio_backend() -> _Backend:
+    import math
+
     import trio
     from outcome import Error, Value
     from trio.lowlevel import (
@@ -1204,7 +1212,9 @@ def _make_trio_backend() -> _Backend:
 
         def __init__(self) -> None:
             self._manager = trio.open_nursery()
-            self._scope = trio.CancelScope()
+            # Shielded from the consumer's scopes, as a generator's body runs only
+            # when its consumer resumes it: the consumer's exit stops the producer.
+            self._scope = trio.CancelScope(shield=True)
 
         async def __aenter__(self) -> object:
             self._nursery = await self._manager.__aenter__()
@@ -1216,6 +1226,10 @@ def _make_trio_backend() -> _Backend:
             exc: BaseException | None,
             traceback: TracebackType | None,
         ) -> bool | None:
+            if trio.current_effective_deadline() == -math.inf:
+                # The consumer leaves in a cancelled scope: the cancellation reaches the
+                # producer's cleanup too, as it reaches a generator closed in that scope.
+                self._scope.cancel()
             return await self._manager.__aexit__(exc_type, exc, traceback)
 
         def start(self, function: Callable[[], Awaitable[None]]) -> None:

@@ -1339,6 +1339,133 @@ async def test_a_queued_delegation_that_never_starts_closes_its_generator(how: s
     assert events == ["generator closed"]
 
 
+def generator_failing_to_close(how: str) -> Iterator[str]:
+    """A started generator whose ``close()`` fails: it raises, or it yields once more."""
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "a"
+            yield "b"
+        finally:
+            if how == "yields again":
+                yield "during close"  # close() raises RuntimeError
+            raise ValueError("close failed")
+
+    source = letters()
+    assert next(source) == "a"
+    return source
+
+
+CLOSE_FAILURES = {
+    "raises": (ValueError, "close failed"),
+    "yields again": (RuntimeError, "generator ignored GeneratorExit"),
+}
+
+DELEGATION_STOPS = [
+    "the receiver closes while it delegates",
+    "the receiver closes while it waits in the queue",
+    "the block ends while it delegates",
+    "the block ends while it waits in the queue",
+    "it is cancelled while it delegates",
+    "it is cancelled while it waits in the queue",
+]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("close_fails", sorted(CLOSE_FAILURES))
+@pytest.mark.parametrize("stop", DELEGATION_STOPS)
+async def test_what_closing_a_delegation_raises_comes_out_of_many_in_the_producer(
+    stop: str, close_fails: str
+) -> None:
+    """As with ``yield from``: the error ends the delegation where it was made; nothing hangs."""
+    c: Channel[str] = Channel()
+    source = generator_failing_to_close(close_fails)
+    scope = anyio.CancelScope()
+    outcome: list[object] = []
+
+    async def delegate(itemize: Itemize[str]) -> None:
+        try:
+            with scope:
+                await itemize.many(source)
+        except Exception as exc:  # what close() raised, from the many call
+            outcome.append(exc)
+        finally:
+            outcome.append("finally")
+
+    async def first(itemize: Itemize[str]) -> None:
+        with contextlib.suppress(ReceiverClosed, ChannelClosed):
+            await itemize("first")
+
+    queued = stop.endswith("in the queue")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            async with c.sender as itemize:
+                if queued:
+                    tg.start_soon(first, itemize)
+                    await settle()
+                tg.start_soon(delegate, itemize)
+                await settle()
+                if not queued:
+                    assert await anext(c.receiver) == "b"  # the delegation is running
+                assert c.statistics().producers_waiting == 1 + queued
+                if stop.startswith("the receiver closes"):
+                    await c.receiver.aclose()
+                elif stop.startswith("it is cancelled"):
+                    scope.cancel()
+                if not stop.startswith("the block ends"):
+                    await wait_until(lambda: "finally" in outcome)
+                    assert c.statistics().producers_waiting == queued - (
+                        stop.startswith("the receiver closes") and queued
+                    )
+                    if queued and stop.startswith("it is cancelled"):
+                        assert await anext(c.receiver) == "first"
+            await wait_until(lambda: "finally" in outcome)
+            assert c.statistics().producers_waiting == 0
+    error, message = CLOSE_FAILURES[close_fails]
+    assert len(outcome) == 2
+    assert type(outcome[0]) is error
+    assert str(outcome[0]) == message
+    # A generator that yields during close() stays suspended there, as Python leaves it.
+    expected_generator_state = "GEN_CLOSED" if close_fails == "raises" else "GEN_SUSPENDED"
+    assert inspect.getgeneratorstate(source) == expected_generator_state  # type: ignore[arg-type]
+    expected_state = "receiver closed" if stop.startswith("the receiver closes") else "ended"
+    assert c.statistics().state == expected_state
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("close_fails", sorted(CLOSE_FAILURES))
+async def test_a_producer_whose_delegation_fails_to_close_runs_its_finally_and_ends(
+    close_fails: str,
+) -> None:
+    """The receiver closes during ``many``: the error comes out in the producer, as its own."""
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    error, message = CLOSE_FAILURES[close_fails]
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(generator_failing_to_close(close_fails))
+            finally:
+                events.append("producer finally")
+
+    with anyio.fail_after(STEP), pytest.raises(ExceptionGroup) as group:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == "b"
+            await c.receiver.aclose()
+            assert repr(c) == "<Channel receiver closed, 1 delivered>"
+    assert events == ["producer finally"]
+    assert [type(e) for e in group.value.exceptions] == [error]
+    assert str(group.value.exceptions[0]) == message
+    contexts = []
+    context = group.value.exceptions[0].__context__
+    while context is not None:
+        contexts.append(type(context))
+        context = context.__context__
+    assert contexts[-1] is ReceiverClosed  # what stopped the delegation, as context
+
+
 # --- Batches ----------------------------------------------------------------------
 
 
@@ -1422,6 +1549,61 @@ async def test_leaving_a_producer_early_runs_its_cleanup_before_async_with_exits
                     break
         events.append("after async with")
     assert events == ["producer cleanup", "after async with"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("how", ["break", "return", "an exception", "a cancellation"])
+async def test_however_the_consumer_leaves_a_producer_in_itemize_gets_receiver_closed_alone(
+    how: str,
+) -> None:
+    """As a generator under ``aclosing`` gets ``GeneratorExit``, and runs its whole cleanup."""
+    events: list[str] = []
+
+    @channel.producer
+    async def numbers(itemize: Itemize[int]) -> None:
+        try:
+            await itemize(1)
+            await itemize(2)
+        except BaseException as exc:
+            events.append(f"producer got {type(exc).__name__}")
+            raise
+        finally:
+            try:
+                await anyio.lowlevel.checkpoint()  # a cleanup that awaits
+            except anyio.get_cancelled_exc_class():
+                events.append("cleanup cancelled")
+                raise
+            events.append("cleanup finished")
+
+    async def consume(scope: anyio.CancelScope) -> None:
+        async with numbers() as items:
+            async for x in items:
+                if how == "break":
+                    break
+                if how == "return":
+                    return
+                if how == "an exception":
+                    raise KeyError(x)
+                scope.cancel()
+                await anyio.lowlevel.checkpoint()
+        events.append("after async with")
+
+    with anyio.fail_after(STEP):
+        with anyio.CancelScope() as scope:
+            if how == "an exception":
+                with pytest.raises(KeyError):
+                    await consume(scope)
+            else:
+                await consume(scope)
+        events.append(f"outside, cancelled: {scope.cancelled_caught}")
+    # The consumer's own cancellation reaches the cleanup's awaits, as it reaches a
+    # generator closed in that cancelled scope (an anyio scope cancels again and again).
+    cleanup = "cleanup cancelled" if how == "a cancellation" else "cleanup finished"
+    expected = ["producer got ReceiverClosed", cleanup]
+    if how == "break":
+        expected.append("after async with")
+    expected.append(f"outside, cancelled: {how == 'a cancellation'}")
+    assert events == expected
 
 
 @pytest.mark.anyio
@@ -3028,11 +3210,19 @@ async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
 
 
 @pytest.mark.anyio
-async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator() -> None:
+async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator_in_its_own_task() -> None:
     c: Channel[str] = Channel()
     events: list[str] = []
     scope = anyio.CancelScope()
-    source = started_generator(events)
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "never delivered"
+        finally:
+            events.append(f"generator closed in {anyio.get_current_task().name}")
+
+    source = letters()
+    next(source)
 
     async def head(itemize: Itemize[str]) -> None:
         with scope:
@@ -3051,9 +3241,10 @@ async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator() -> N
             await wait_until(lambda: c.statistics().producers_waiting == 2)
             scope.cancel()  # the head is cancelled, but has not run yet
             assert await anext(c.receiver) == "b"  # skips the head
-            assert events == ["generator closed"]
             assert await collect(c.receiver) == []
-    assert events == ["generator closed"]
+    assert len(events) == 1
+    assert events[0].startswith("generator closed in ")
+    assert events[0].endswith(".head")  # not in the receiver's task, which skipped it
 
 
 @pytest.mark.anyio
