@@ -218,13 +218,15 @@ class Itemize(Protocol[T_contra, R_co]):
 
             Raises:
                 Exception: Whatever the iterable raises, here in the producer (not in
-                    the receiver's task), as ``yield from`` does.
+                    the receiver's task), as ``yield from`` does; also what its
+                    ``close()`` raises when the delegation is stopped early.
                 ReceiverClosed: The receiver was closed; a generator is closed first.
                 ChannelClosed: As for ``itemize(item)``; also when the sender block
                     ends while another task's ``many`` is still delegating.
 
-            Cancellation: stops the delegation (a generator is closed); the items
-            already taken stay delivered, the rest are never pulled.
+            Cancellation: stops the delegation; the items already taken stay
+            delivered, the rest are never pulled. However it is stopped early, this
+            call closes the generator, in the producer's task.
             """
             ...
 
@@ -354,7 +356,8 @@ class Receiver(Generic[T_co, R_contra]):
     Each ``__anext__`` asks for one item. Asking also lets the producer continue
     from the ``itemize`` that delivered the previous item, exactly as ``anext()``
     resumes a generator from its last ``yield``; :meth:`asend` does the same and
-    gives that ``itemize`` a return value.
+    gives that ``itemize`` a return value, :meth:`athrow` makes it raise. With
+    :meth:`aclose`, a receiver is a ``collections.abc.AsyncGenerator``.
 
     Leaving early: a bare ``break`` closes nothing, as with a generator. Use
     ``async with c.receiver:`` (or ``await c.receiver.aclose()``), and the
@@ -446,6 +449,44 @@ class Receiver(Generic[T_co, R_contra]):
     else:
         # Both are `_ask`, without an extra call per item: anext() is asend(None).
         __anext__ = asend = _ask
+
+    async def athrow(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+        /,
+    ) -> T_co:
+        """Raise an exception in the producer, as ``agen.athrow(exc)`` raises it at the ``yield``.
+
+        The ``await itemize(item)`` waiting for this request raises ``exc``; during
+        ``itemize.many`` it goes into the generator's ``throw()`` (an iterator with
+        no ``throw()`` raises it from ``many``), as ``yield from`` does. Then, like
+        :meth:`asend`, returns the next item: the producer's, if it catches ``exc``
+        and goes on, or the end of the stream (``SenderFailed`` from ``exc`` if it
+        ends the block). Accepts an exception, or a class with an optional value.
+
+        Raises as :meth:`asend`, and :exc:`ChannelError` before the first item, when
+        no ``itemize`` waits yet. If the ``itemize`` that delivered the last item is
+        no longer waiting (it was cancelled), ``exc`` goes nowhere, as a reply
+        would; if the last request was cancelled after its item was handed over,
+        this one returns that item and throws nothing, as a retried ``asend``.
+        """
+        exc = _exception_of(typ, val, tb)
+        state = self._state
+        state.check_receive()
+        if state.stash is not _NOTHING:
+            item, state.stash = state.stash, _NOTHING
+            return item  # type: ignore[no-any-return]
+        if not state.items_delivered:
+            raise ChannelError(
+                "athrow() before the first item: no itemize is waiting for it yet; "
+                "ask for the first item with anext() or asend(None)"
+            )
+        item = state.throw(exc)
+        if item is not _NOTHING:
+            return item  # type: ignore[no-any-return]  # the delegation caught exc
+        return await self._ask()  # type: ignore[no-any-return]
 
     def batches(self, max_items: int) -> AsyncIterator[list[T_co]]:
         """Iterate in lists of up to ``max_items`` items, for consumers that work in chunks.
@@ -700,6 +741,23 @@ class _Producing(Generic[T, R]):
         return real or list(errors[:1])
 
 
+def _exception_of(typ: object, val: object, tb: TracebackType | None) -> BaseException:
+    """The exception that ``athrow(typ, val, tb)`` raises, as ``generator.throw`` makes it."""
+    kind = type(typ)  # before narrowing, for the message
+    if isinstance(typ, BaseException):
+        if val is not None:
+            raise TypeError("instance exception may not have a separate value")
+        exc = typ
+    elif isinstance(typ, type) and issubclass(typ, BaseException):
+        exc = val if isinstance(val, typ) else typ() if val is None else typ(val)
+    else:
+        raise TypeError(
+            "exceptions must be classes or instances deriving from BaseException, "
+            f"not {kind.__name__}"
+        )
+    return exc if tb is None else exc.with_traceback(tb)
+
+
 def _only_receiver_closed(exc: BaseException) -> bool:
     """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
     if _is_group(exc):
@@ -864,6 +922,24 @@ class _State:
             waiter.set_result(exc.value)
         else:  # raised in the producer, as `yield from` does
             waiter.set_exception(exc)
+
+    def throw(self, exc: BaseException) -> Any:
+        """Raise ``exc`` where the producer waits: the next item if a delegation yields one."""
+        producer = self.delivered
+        if producer is None or producer.done():
+            return _NOTHING
+        throw = getattr(self.source, "throw", None)
+        if throw is None:  # an itemize, or an iterator that cannot take it
+            self.delivered = self.source = None
+            producer.set_exception(exc)
+            return _NOTHING
+        try:
+            item = throw(exc)
+        except BaseException as error:
+            self.end_delegation(producer, error)
+            return _NOTHING
+        self.items_delivered += 1
+        return item
 
     def withdraw(self, waiter: _Waiter) -> None:
         """Unlink a producer's waiter after its ``itemize`` was interrupted."""

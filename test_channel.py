@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import contextlib
 import copy
 import gc
@@ -18,7 +19,15 @@ import threading
 import tracemalloc
 import warnings
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Generator, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterator,
+)
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -985,6 +994,207 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
     assert _run_on(runner, main) == [1, 2]
 
 
+# --- Where a channel differs from an async generator ----------------------------------
+#
+# Each test shows the generator's behaviour beside the channel's, as the README lists them.
+
+
+@pytest.mark.anyio
+async def test_difference_the_producer_runs_before_the_first_ask() -> None:
+    log: list[str] = []
+
+    async def generator() -> AsyncGenerator[int]:
+        log.append("generator started")
+        yield 1
+
+    agen = generator()
+    await settle()
+    assert log == []  # a generator starts at the first anext
+    assert await anext(agen) == 1
+    await agen.aclose()
+
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            log.append("producer started")
+            await itemize(1)
+
+    log.clear()
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await settle()
+            assert log == ["producer started"]  # its own task: it runs up to the first itemize
+            assert await collect(c.receiver) == [1]
+
+
+@pytest.mark.anyio
+async def test_difference_aclose_never_suspends_and_the_cleanup_fails_in_the_producer() -> None:
+    async def generator() -> AsyncGenerator[int]:
+        try:
+            yield 1
+        finally:
+            raise KeyError("cleanup failed")
+
+    agen = generator()
+    assert await anext(agen) == 1
+    with pytest.raises(KeyError):
+        await agen.aclose()  # a generator's cleanup runs, and fails, inside aclose()
+
+    c: Channel[int] = Channel()
+    log: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize(1)
+            finally:
+                log.append("cleanup")
+                raise KeyError("cleanup failed")
+
+    with anyio.fail_after(STEP), pytest.raises(ExceptionGroup) as group:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            await c.receiver.aclose()  # returns at once, with no error
+            assert log == []  # the cleanup runs later, in the producer's task
+    assert log == ["cleanup"]
+    assert [type(e) for e in group.value.exceptions] == [KeyError]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("end", ["failed", "closed"])
+async def test_difference_asking_again_after_the_end_raises_again(end: str) -> None:
+    async def generator() -> AsyncGenerator[int]:
+        yield 1
+        raise KeyError("failed")
+
+    agen = generator()
+    assert await anext(agen) == 1
+    if end == "failed":
+        with pytest.raises(KeyError):
+            await anext(agen)
+    else:
+        await agen.aclose()
+    with pytest.raises(StopAsyncIteration):
+        await anext(agen)  # a generator gives StopAsyncIteration from then on
+
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        with contextlib.suppress(KeyError):
+            async with c.sender as itemize:
+                await itemize(1)
+                raise KeyError("failed")
+
+    expected = SenderFailed if end == "failed" else ChannelClosed
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            if end == "closed":
+                await c.receiver.aclose()
+            for _ in range(3):  # the channel says why, every time
+                with pytest.raises(expected):
+                    await anext(c.receiver)
+
+
+@pytest.mark.anyio
+async def test_difference_itemize_in_the_cleanup_after_the_receiver_closed_raises_at_once() -> None:
+    async def generator() -> AsyncGenerator[int]:
+        try:
+            yield 1
+        finally:
+            yield 2  # during aclose(): RuntimeError
+
+    agen = generator()
+    assert await anext(agen) == 1
+    with pytest.raises(RuntimeError, match="async generator ignored GeneratorExit"):
+        await agen.aclose()
+
+    c: Channel[int] = Channel()
+    raised: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize(1)
+            finally:
+                for attempt in (itemize(2), itemize.many([3])):
+                    try:
+                        await attempt
+                    except ReceiverClosed:
+                        raised.append("ReceiverClosed")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            await c.receiver.aclose()
+    assert raised == ["ReceiverClosed", "ReceiverClosed"]
+
+
+@pytest.mark.anyio
+async def test_difference_asend_with_a_value_before_the_first_item_raises_channel_error() -> None:
+    async def generator() -> AsyncGenerator[int]:
+        yield 1
+
+    agen = generator()
+    with pytest.raises(TypeError):
+        await agen.asend(5)  # type: ignore[arg-type]
+    await agen.aclose()
+
+    c: Channel[int, int] = Channel()
+    replies: list[int | None] = []
+    with pytest.raises(ChannelError, match=r"^asend\(\) with a value before the first item"):
+        await c.receiver.asend(5)
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            replies.append(await itemize(1))
+
+    with anyio.fail_after(STEP):  # and the channel is still usable
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await c.receiver.asend(None) == 1
+            with pytest.raises(StopAsyncIteration):
+                await c.receiver.asend(5)
+    assert replies == [5]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stop", [StopAsyncIteration, StopIteration])
+async def test_difference_a_producer_raising_a_stop_exception_fails_the_stream(
+    stop: type[Exception],
+) -> None:
+    async def generator() -> AsyncGenerator[int]:
+        yield 1
+        raise stop("from the producer")
+
+    agen = generator()
+    assert await anext(agen) == 1
+    with pytest.raises(RuntimeError, match="raised Stop"):
+        await anext(agen)  # a generator turns it into RuntimeError
+
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        with contextlib.suppress(stop):
+            async with c.sender as itemize:
+                await itemize(1)
+                raise stop("from the producer")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            with pytest.raises(SenderFailed) as failed:
+                await anext(c.receiver)  # never a clean end
+    assert type(failed.value.__cause__) is stop
+    assert failed.value.__cause__.args == ("from the producer",)
+
+
 # --- Duplex: x = yield item becomes x = await itemize(item) -------------------------
 
 
@@ -1031,6 +1241,266 @@ async def test_asend_with_a_value_before_the_first_item_is_refused() -> None:
     c: Channel[str, int] = Channel()
     with pytest.raises(ChannelError, match=r"before the first item.*anext\(\) or asend\(None\)"):
         await c.receiver.asend(1)
+
+
+# --- athrow: the whole async-generator protocol ------------------------------------
+
+
+def inner_letters() -> Generator[str, None, str]:
+    """A delegated generator that catches one KeyError thrown into it."""
+    try:
+        yield "inner"
+    except KeyError:
+        yield "inner caught"
+    return "inner returned"
+
+
+async def athrow_reference() -> AsyncIterator[str]:
+    """An async generator; it delegates by hand, as ``yield from`` would."""
+    try:
+        yield "a"
+    except KeyError as exc:
+        yield f"caught {exc.args[0]}"
+    delegated = inner_letters()
+    value = next(delegated)
+    while True:
+        try:
+            try:
+                yield value
+            except BaseException as exc:  # thrown in, passed on
+                value = delegated.throw(exc)
+            else:
+                value = next(delegated)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    yield result
+
+
+async def athrow_producer(c: Channel[str]) -> None:
+    """``athrow_reference`` as a sender block."""
+    with contextlib.suppress(ValueError):  # the exception that ends it
+        async with c.sender as itemize:
+            try:
+                await itemize("a")
+            except KeyError as exc:
+                await itemize(f"caught {exc.args[0]}")
+            result = await itemize.many(inner_letters())
+            await itemize(result)
+
+
+async def drive_with_athrow(agen: Any) -> list[str]:
+    answers = [await anext(agen), await agen.athrow(KeyError("k"))]
+    answers.append(await anext(agen))  # "inner", from the delegation
+    answers.append(await agen.athrow(KeyError))  # into the delegated generator's throw()
+    answers.append(await anext(agen))  # the delegation returned its value
+    try:
+        await agen.athrow(ValueError("stop"))
+    except (ValueError, SenderFailed) as end:
+        answers.append(f"{type(end).__name__} from {end.__cause__!r}")
+    return answers
+
+
+@pytest.mark.anyio
+async def test_athrow_behaves_as_on_an_async_generator() -> None:
+    expected = ["a", "caught k", "inner", "inner caught", "inner returned"]
+    assert await drive_with_athrow(athrow_reference()) == [*expected, "ValueError from None"]
+    c: Channel[str] = Channel()
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(athrow_producer, c)
+            answers = await drive_with_athrow(c.receiver)
+    # An exception that ends the block fails the stream, as any failed block does.
+    assert answers == [*expected, "SenderFailed from ValueError('stop')"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("generator_does", ["not catch it", "catch it and return"])
+async def test_athrow_into_a_delegation_that_ends_on_it_ends_many(generator_does: str) -> None:
+    c: Channel[str] = Channel()
+    outcome: list[str] = []
+
+    def letters() -> Generator[str, None, str]:
+        try:
+            yield "a"
+            yield "b"
+        except KeyError:
+            if generator_does == "not catch it":
+                raise
+        return "returned"
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                outcome.append(await itemize.many(letters()))
+            except KeyError as exc:
+                outcome.append(f"many raised {exc!r}")
+            await itemize("after")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == "a"
+            assert await c.receiver.athrow(KeyError("k")) == "after"
+            assert await collect(c.receiver) == []
+    expected = "many raised KeyError('k')" if generator_does == "not catch it" else "returned"
+    assert outcome == [expected]
+
+
+@pytest.mark.anyio
+async def test_athrow_after_a_request_cancelled_with_its_item_taken_returns_that_item() -> None:
+    """As a retried ``asend``: the cancelled request had already resumed the producer."""
+    c: Channel[int] = Channel()
+    thrown: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for i in range(1000):
+            try:
+                yield i
+            except KeyError:
+                thrown.append(i)
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(numbers())
+
+    received: list[int] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # lands at the checkpoint after the 256th item was taken
+                async for item in c.receiver:
+                    received.append(item)
+            assert scope.cancelled_caught
+            taken = received[-1] + 1
+            assert await c.receiver.athrow(KeyError) == taken  # kept, and nothing thrown
+            assert thrown == []
+            assert await c.receiver.athrow(KeyError) == taken + 1
+            assert thrown == [taken]
+            await c.receiver.aclose()
+
+
+@pytest.mark.anyio
+async def test_athrow_into_an_iterator_without_throw_raises_from_many() -> None:
+    c: Channel[int] = Channel()
+    caught: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(iter([1, 2, 3]))
+            except KeyError as exc:
+                caught.append(exc.args[0])
+            await itemize(10)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            assert await c.receiver.athrow(KeyError("k")) == 10
+            assert await collect(c.receiver) == []
+    assert caught == ["k"]
+
+
+@pytest.mark.anyio
+async def test_athrow_goes_to_the_producer_whose_item_was_taken_last() -> None:
+    c: Channel[str] = Channel()
+    seen: list[str] = []
+
+    async def send(itemize: Itemize[str], item: str) -> None:
+        try:
+            await itemize(item)
+        except KeyError:
+            seen.append(f"{item} got KeyError")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            for item in "xy":
+                tg.start_soon(send, itemize, item)
+                await settle()
+            assert await anext(c.receiver) == "x"
+            assert await c.receiver.athrow(KeyError) == "y"  # the next in line
+            await settle()
+            assert seen == ["x got KeyError"]
+            assert c.statistics().producers_waiting == 1  # "y" waits for the next ask
+
+
+@pytest.mark.anyio
+async def test_athrow_accepts_a_class_a_class_and_value_or_an_instance() -> None:
+    c: Channel[str] = Channel()
+    seen: list[BaseException] = []
+    given = KeyError("instance")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            for i in range(4):
+                try:
+                    await itemize(str(i))
+                except KeyError as exc:
+                    seen.append(exc)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == "0"
+            assert await c.receiver.athrow(KeyError) == "1"
+            assert await c.receiver.athrow(KeyError, "value") == "2"
+            assert await c.receiver.athrow(given) == "3"
+            with pytest.raises(StopAsyncIteration):
+                await anext(c.receiver)
+    assert [repr(exc) for exc in seen] == ["KeyError()", "KeyError('value')", repr(given)]
+    assert seen[2] is given
+
+
+@pytest.mark.anyio
+async def test_athrow_before_the_first_item_is_refused_and_leaves_the_channel_usable() -> None:
+    c: Channel[str] = Channel()
+    with pytest.raises(ChannelError):  # the misuse table has its message
+        await c.receiver.athrow(KeyError("too early"))
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, c, ["a"])
+            assert await collect(c.receiver) == ["a"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("end", "expected"),
+    [("clean", StopAsyncIteration), ("failed", SenderFailed), ("closed", ChannelClosed)],
+)
+async def test_athrow_after_the_end_raises_as_asend_does(
+    end: str, expected: type[BaseException]
+) -> None:
+    c: Channel[str] = Channel()
+
+    async def producer() -> None:
+        with contextlib.suppress(KeyError):
+            async with c.sender as itemize:
+                await itemize("a")
+                if end == "failed":
+                    raise KeyError("the block failed")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == "a"
+            if end == "closed":
+                c.receiver.close()
+            else:
+                with pytest.raises(expected):
+                    await anext(c.receiver)
+    with pytest.raises(expected):
+        await c.receiver.athrow(ValueError("late"))
+    with pytest.raises(expected):
+        await c.receiver.asend(None)
+
+
+def test_a_receiver_is_an_async_generator() -> None:
+    c: Channel[int] = Channel()
+    assert isinstance(c.receiver, collections.abc.AsyncGenerator)
+    assert Receiver.athrow.__doc__ is not None
 
 
 # --- itemize.many: delegation like yield from ---------------------------------------
@@ -2915,7 +3385,23 @@ async def many_returns_the_generator_value(c: Channel[str, int]) -> float:
     return result
 """
 
+TYPING_ACCEPTED += """
+from collections.abc import AsyncGenerator
+
+def a_receiver_is_an_async_generator(r: Receiver[str, int]) -> AsyncGenerator[str, int]:
+    return r
+
+async def athrow_gives_the_next_item(r: Receiver[str, int]) -> str:
+    return await r.athrow(ValueError("bad item"))
+"""
+
 TYPING_REJECTED = {
+    "a_receiver_is_an_async_generator_of_its_own_items": """
+from collections.abc import AsyncGenerator
+from channel import Receiver
+def wrong_items(r: Receiver[str, int]) -> AsyncGenerator[int, int]:
+    return r
+""",
     "reply_is_covariant_in_itemize": """
 from channel import Itemize
 def narrow(i: Itemize[str, int]) -> Itemize[str, bool]:
@@ -5200,6 +5686,23 @@ async def asend_a_value_before_the_first_item(c: Channel[int, Any]) -> None:
     await c.receiver.asend(1)
 
 
+async def athrow_before_the_first_item(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow(KeyError("too early"))
+
+
+async def athrow_what_is_not_an_exception(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow("not an exception")  # type: ignore[arg-type]
+
+
+async def athrow_an_exception_with_a_separate_value(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow(KeyError("k"), "value")
+
+
+async def athrow_on_a_closed_receiver(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    await c.receiver.athrow(KeyError("k"))
+
+
 async def batches_of_nothing(c: Channel[int, Any]) -> None:
     c.receiver.batches(0)
 
@@ -5380,6 +5883,23 @@ MISUSES = [
         "asend() with a value before the first item: no itemize is waiting for a reply "
         "yet; ask for the first item with anext() or asend(None)",
     ),
+    pytest.param(
+        athrow_before_the_first_item,
+        ChannelError,
+        "athrow() before the first item: no itemize is waiting for it yet; "
+        "ask for the first item with anext() or asend(None)",
+    ),
+    pytest.param(
+        athrow_what_is_not_an_exception,
+        TypeError,
+        "exceptions must be classes or instances deriving from BaseException, not str",
+    ),
+    pytest.param(
+        athrow_an_exception_with_a_separate_value,
+        TypeError,
+        "instance exception may not have a separate value",
+    ),
+    pytest.param(athrow_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
     pytest.param(batches_of_nothing, ValueError, "max_items must be at least 1, not 0"),
     pytest.param(receive_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
     pytest.param(enter_the_sender_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
