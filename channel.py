@@ -44,6 +44,7 @@ from types import GenericAlias
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
 if TYPE_CHECKING:
+    from collections import deque as _deque
     from collections.abc import (
         AsyncIterator,
         Awaitable,
@@ -81,6 +82,8 @@ if TYPE_CHECKING:
     Reply = TypeVar("Reply")  # R where it must be inferred (no default may precede P)
     P = ParamSpec("P")  # the parameters of a @producer function, after `itemize`
 else:
+    from _collections import deque as _deque  # without importing all of collections
+
     # `typing` takes longer to import than this whole module. At run time these
     # names only have to let `Channel[int]`, `Itemize[str]`, ... be subscripted.
     class Generic:
@@ -206,29 +209,29 @@ class Itemize(Protocol[T_contra, R_co]):
         @overload
         async def many(self, items: Iterable[T_contra], /) -> None: ...
 
-        async def many(self, items: Iterable[T_contra], /) -> Any:
-            """Delegate to a synchronous iterable, like ``yield from``.
+    async def many(self, items: Iterable[T_contra], /) -> Any:
+        """Delegate to a synchronous iterable, like ``yield from``.
 
-            The receiver pulls the items from ``items`` in its own task, with no trip
-            through the event loop per item (it passes a scheduling point every
-            256 items, so it stays cancellable and fair). Replies sent with
-            ``receiver.asend(value)`` go into ``generator.send(value)``. Returns when
-            the iterable is exhausted and the receiver asks for more: with a
-            generator, its return value.
+        The receiver pulls the items from ``items`` in its own task, with no trip
+        through the event loop per item (it passes a scheduling point every
+        256 items, so it stays cancellable and fair). Replies sent with
+        ``receiver.asend(value)`` go into ``generator.send(value)``. Returns when
+        the iterable is exhausted and the receiver asks for more: with a
+        generator, its return value.
 
-            Raises:
-                Exception: Whatever the iterable raises, here in the producer (not in
-                    the receiver's task), as ``yield from`` does; also what its
-                    ``close()`` raises when the delegation is stopped early.
-                ReceiverClosed: The receiver was closed; a generator is closed first.
-                ChannelClosed: As for ``itemize(item)``; also when the sender block
-                    ends while another task's ``many`` is still delegating.
+        Raises:
+            Exception: Whatever the iterable raises, here in the producer (not in
+                the receiver's task), as ``yield from`` does; also what its
+                ``close()`` raises when the delegation is stopped early.
+            ReceiverClosed: The receiver was closed; a generator is closed first.
+            ChannelClosed: As for ``itemize(item)``; also when the sender block
+                ends while another task's ``many`` is still delegating.
 
-            Cancellation: stops the delegation; the items already taken stay
-            delivered, the rest are never pulled. However it is stopped early, this
-            call closes the generator, in the producer's task.
-            """
-            ...
+        Cancellation: stops the delegation; the items already taken stay
+        delivered, the rest are never pulled. However it is stopped early, this
+        call closes the generator, in the producer's task.
+        """
+        ...
 
 
 @final
@@ -313,9 +316,9 @@ class _Itemize(Generic[T_contra, R_co]):
             receiver.set_result(item)
             state.delivered = waiter
             state.items_delivered += 1
-        elif state.queue is None:
-            state.queue = [(waiter, item)]
         else:
+            if state.queue is None:
+                state.queue = _deque()
             state.queue.append((waiter, item))
         try:
             return await waiter  # type: ignore[no-any-return]  # the reply to the next ask
@@ -330,11 +333,10 @@ class _Itemize(Generic[T_contra, R_co]):
         source = _Source(iter(items))
         waiter = state.waiters.create_future()
         if state.queue is None:
-            state.queue = [(waiter, source)]
-        else:
-            state.queue.append((waiter, source))
+            state.queue = _deque()
+        state.queue.append((waiter, source))
         # A waiting receiver pulls the items itself, in its own task.
-        state.wake_receiver(_WAKE_TO_ASK_AGAIN)
+        state.wake_receiver()
         try:
             return await waiter  # the generator's return value
         except BaseException:
@@ -377,7 +379,21 @@ class Receiver(Generic[T_co, R_contra]):
     def __aiter__(self) -> Self:
         return self
 
-    async def _ask(self, reply: Any = None) -> Any:  # noqa: PLR0912 - the hot path, in one piece
+    async def asend(self, reply: R_contra | None = None, /) -> T_co:  # noqa: PLR0912 - the hot path
+        """Ask for the next item and wait for it; the waiting ``itemize`` returns ``reply``.
+
+        ``anext(receiver)`` is ``asend(None)``. The ``await itemize(item)`` (or the
+        generator in ``itemize.many``) that delivered the previous item gets
+        ``reply``, as ``x = yield item`` gets the value of ``agen.asend(reply)``.
+
+        Raises:
+            StopAsyncIteration: The sender block ended normally.
+            SenderFailed: The sender block ended with an exception (its ``__cause__``).
+            ChannelClosed: This receiver was closed (also while waiting).
+            ChannelError: ``reply`` is not ``None`` before the first item, when no
+                ``itemize`` waits for a reply yet; another task is already waiting
+                on this receiver; or the channel belongs to another event loop.
+        """
         state = self._state
         if (
             state.current_run() is not state.run
@@ -387,68 +403,40 @@ class Receiver(Generic[T_co, R_contra]):
             state.check_receive()
         if state.stash is not _NOTHING:
             item, state.stash = state.stash, _NOTHING
-            return item
+            return item  # type: ignore[no-any-return]
         if reply is not None and not state.items_delivered:
             state.refuse_early_reply()
-        if state.source is None and not state.queue:
-            producer = state.delivered
-            if producer is not None:  # it continues after its `itemize` now
-                state.delivered = None
-                if not producer.done():
-                    producer.set_result(reply)
-        else:  # delegating to `itemize.many`, or other producers wait
-            item = state.take_ready(reply)
-            if item is not _NOTHING:
-                if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS == 0:
-                    try:
-                        await state.checkpoint()
-                    except BaseException:
-                        state.stash = item  # taken, so kept for the next ask
-                        raise
-                return item
-        if state.end is not None:
-            raise state.end_of_stream()
-        waiter = state.waiters.create_future()
-        state.receiver_waiting = waiter
-        try:
-            item = await waiter
-        except BaseException:
-            state.receiver_cancelled(waiter)
-            raise
-        if item is _WAKE_TO_END:
-            raise state.end_of_stream()
-        if item is _WAKE_TO_ASK_AGAIN:  # `itemize.many` is in the queue now
-            return await self._ask()
-        return item
+        while True:
+            if state.source is None and not state.queue:
+                producer = state.delivered
+                if producer is not None:  # it continues after its `itemize` now
+                    state.delivered = None
+                    if not producer.done():
+                        producer.set_result(reply)
+            else:  # delegating to `itemize.many`, or other producers wait
+                item = state.take_ready(reply)
+                if item is not _NOTHING:
+                    if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS == 0:
+                        try:
+                            await state.checkpoint()
+                        except BaseException:
+                            state.stash = item  # taken, so kept for the next ask
+                            raise
+                    return item  # type: ignore[no-any-return]
+            if state.end is not None or state.receiver_closed:
+                raise state.end_of_stream()
+            waiter = state.waiters.create_future()
+            state.receiver_waiting = waiter
+            try:
+                item = await waiter
+            except BaseException:
+                state.receiver_cancelled(waiter)
+                raise
+            if item is not _LOOK_AGAIN:
+                return item  # type: ignore[no-any-return]
+            reply = None  # woken without an item: the stream ended, or `many` is queued
 
-    if TYPE_CHECKING:
-
-        async def __anext__(self) -> T_co:
-            """Ask for the next item and wait for it; ``itemize`` returns ``None``.
-
-            Raises:
-                StopAsyncIteration: The sender block ended normally.
-                SenderFailed: The sender block ended with an exception (its ``__cause__``).
-                ChannelClosed: This receiver was closed (also while waiting).
-                ChannelError: Another task is already waiting on this receiver, or
-                    the channel belongs to another event loop.
-            """
-            ...
-
-        async def asend(self, reply: R_contra | None, /) -> T_co:
-            """Ask for the next item, as ``__anext__``, and make ``itemize`` return ``reply``.
-
-            The ``await itemize(item)`` (or the generator in ``itemize.many``) that
-            is waiting for this request gets ``reply``, as ``x = yield item`` gets
-            the value of ``agen.asend(reply)``. Raises as ``__anext__``, and
-            :exc:`ChannelError` if ``reply`` is not ``None`` before the first item,
-            when no ``itemize`` waits for a reply yet.
-            """
-            ...
-
-    else:
-        # Both are `_ask`, without an extra call per item: anext() is asend(None).
-        __anext__ = asend = _ask
+    __anext__ = asend
 
     async def athrow(
         self,
@@ -486,7 +474,7 @@ class Receiver(Generic[T_co, R_contra]):
         item = state.throw(exc)
         if item is not _NOTHING:
             return item  # type: ignore[no-any-return]  # the delegation caught exc
-        return await self._ask()  # type: ignore[no-any-return]
+        return await self.asend()
 
     def batches(self, max_items: int) -> AsyncIterator[list[T_co]]:
         """Iterate in lists of up to ``max_items`` items, for consumers that work in chunks.
@@ -774,8 +762,7 @@ def _is_group(exc: BaseException) -> TypeGuard[BaseExceptionGroup[BaseException]
 # Private markers, compared by identity.
 _NOTHING: Any = object()  # an empty slot, where None could be an item
 _CLEAN_END: Any = object()  # State.end after a sender block ended normally
-_WAKE_TO_END: Any = object()  # wakes a receiver whose stream ended or was closed
-_WAKE_TO_ASK_AGAIN: Any = object()  # wakes a receiver to take a delegation from the queue
+_LOOK_AGAIN: Any = object()  # wakes a receiver with no item: it ended, or `many` is queued
 
 # A receiver taking items without waiting (from `itemize.many`, or from many
 # producers) passes a scheduling point this often, to stay cancellable and fair.
@@ -806,7 +793,7 @@ class _State:
     """What both ends of one channel share.
 
     The hand-over, in the terms of a generator: the receiver *asks*
-    (``Receiver._ask``), which resumes the producer whose item it took last
+    (``Receiver.asend``), which resumes the producer whose item it took last
     (``delivered``) and then takes the next item, from the first producer waiting
     in ``queue`` or, if none waits, by parking until ``itemize`` hands one over.
     ``itemize`` (``_Itemize.__call__``) then parks until the receiver asks again.
@@ -841,9 +828,9 @@ class _State:
     current_run: Callable[[], object]
     waiters: _WaiterFactory  # makes waiters for the current task
     checkpoint: Callable[[], Awaitable[None]]  # a scheduling point of the backend
-    receiver_waiting: _Waiter | None  # the receiver, parked in `_ask`
+    receiver_waiting: _Waiter | None  # the receiver, parked in `asend`
     delivered: _Waiter | None  # the producer whose item was taken; resumes at the next ask
-    queue: list[tuple[_Waiter, Any]] | None  # producers waiting to hand an item over
+    queue: _deque[tuple[_Waiter, Any]] | None  # producers waiting to hand an item over
     source: Iterator[Any] | None  # what `itemize.many` delegates to, while it does
     stash: Any  # an item handed to a receiver that was cancelled before it resumed
     end: Any  # None while the block may send; then _CLEAN_END or the block's exception
@@ -885,7 +872,7 @@ class _State:
         if producer is not None and not producer.done():
             producer.set_result(reply)  # it continues after its `itemize` now
         while self.queue:
-            waiter, item = self.queue.pop(0)
+            waiter, item = self.queue.popleft()
             if waiter.done():  # a cancelled producer withdrew its item
                 continue
             self.delivered = waiter
@@ -957,18 +944,19 @@ class _State:
             self.receiver_waiting = None
         elif waiter.done() and not waiter.cancelled():
             item = waiter.result()
-            if item is not _WAKE_TO_END and item is not _WAKE_TO_ASK_AGAIN:
+            if item is not _LOOK_AGAIN:
                 self.stash = item
 
-    def wake_receiver(self, marker: Any) -> None:
+    def wake_receiver(self) -> None:
+        """Wake a waiting receiver with no item, to look at the channel again."""
         receiver, self.receiver_waiting = self.receiver_waiting, None
         if receiver is not None and not receiver.done():
-            receiver.set_result(marker)
+            receiver.set_result(_LOOK_AGAIN)
 
     def end_stream(self, end: Any) -> None:
         """The sender block exited: wake everybody who waits on it."""
         self.end = end
-        self.wake_receiver(_WAKE_TO_END)
+        self.wake_receiver()
         producer, self.delivered = self.delivered, None
         if self.source is not None:  # another task's `many`, cut short
             self.source = None
@@ -988,7 +976,7 @@ class _State:
             return
         self.receiver_closed = True
         self.stash = _NOTHING
-        self.wake_receiver(_WAKE_TO_END)
+        self.wake_receiver()
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
         self.source = None  # a `many` call closes its own iterator
