@@ -322,9 +322,12 @@ class _Itemize(Generic[T_contra, R_co]):
             state.queue.append((waiter, item))
         try:
             return await waiter  # type: ignore[no-any-return]  # the reply to the next ask
+        except _Raise as carried:  # from athrow(): raised here, as at a `yield`
+            error = carried.error
         except BaseException:
             state.withdraw(waiter)
             raise
+        raise error
 
     async def many(self, items: Iterable[T_contra], /) -> Any:
         state = self._state
@@ -339,13 +342,16 @@ class _Itemize(Generic[T_contra, R_co]):
         state.wake_receiver()
         try:
             return await waiter  # the generator's return value
+        except _Raise as carried:  # the iterator's own error, or athrow()'s: it has ended
+            error = carried.error
         except BaseException:
             state.withdraw(waiter)
-            # Whatever stopped the delegation, the iterator is closed here, in the
-            # producer, as `yield from` closes it: what close() raises comes out of
-            # this call, and no other task's wake-up can be lost to it.
+            # Whatever else stopped the delegation, the iterator is closed here, in
+            # the producer, as `yield from` closes it: what close() raises comes out
+            # of this call, and no other task's wake-up can be lost to it.
             _close_iterator(source.iterator)
             raise
+        raise error
 
     def __repr__(self) -> str:
         return f"<itemize of channel {self._state.statistics()}>"
@@ -613,10 +619,10 @@ def producer(
       cancellation) closes the receiver, so a producer waiting in ``itemize`` gets
       :exc:`ReceiverClosed` and nothing else (as a generator under
       ``contextlib.aclosing`` gets ``GeneratorExit``); a producer busy elsewhere is
-      cancelled. Either way the ``async with`` waits for it: its ``finally`` blocks
-      have run to the end when it exits (on trio, a cancellation of the consumer
-      also reaches their awaits, as it reaches a generator closed in that scope).
-      Then the consumer's own exception, if any, comes out.
+      cancelled. Either way the ``async with`` waits for it, in the consumer's
+      scopes as ``aclose()`` would: its ``finally`` blocks have run to the end when
+      it exits, unless a cancellation of the consumer cut them short. Then the
+      consumer's own exception, if any, comes out.
     - Several cancellations reach the consumer as one; the producer's stop
       signals never reach it.
     """
@@ -725,6 +731,7 @@ class _Producing(Generic[T, R]):
         beside a real error; several cancellations become one.
         """
         errors = [error for error in errors if not isinstance(error, SenderFailed)] or errors
+        errors = list({id(error): error for error in errors}.values())  # each once
         real = [error for error in errors if not isinstance(error, self._cancelled)]
         return real or list(errors[:1])
 
@@ -771,6 +778,18 @@ _ITEMS_BETWEEN_CHECKPOINTS = 256
 
 def _unbound_run() -> object:
     return _NOTHING
+
+
+class _Raise(BaseException):
+    """Carries an exception to a waiting ``itemize`` or ``many``, which raises it as is.
+
+    An asyncio future refuses a StopIteration, and ``many`` must know an error that
+    ended its iterator (it has nothing to close) from one that stopped it.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__()
+        self.error = error
 
 
 @final
@@ -908,7 +927,7 @@ class _State:
         if isinstance(exc, StopIteration):
             waiter.set_result(exc.value)
         else:  # raised in the producer, as `yield from` does
-            waiter.set_exception(exc)
+            waiter.set_exception(_Raise(exc))
 
     def throw(self, exc: BaseException) -> Any:
         """Raise ``exc`` where the producer waits: the next item if a delegation yields one."""
@@ -918,7 +937,7 @@ class _State:
         throw = getattr(self.source, "throw", None)
         if throw is None:  # an itemize, or an iterator that cannot take it
             self.delivered = self.source = None
-            producer.set_exception(exc)
+            producer.set_exception(_Raise(exc))
             return _NOTHING
         try:
             item = throw(exc)
@@ -1213,8 +1232,6 @@ def _make_asyncio_backend() -> _Backend:
 
 
 def _make_trio_backend() -> _Backend:
-    import math
-
     import trio
     from outcome import Error, Value
     from trio.lowlevel import (
@@ -1276,8 +1293,8 @@ def _make_trio_backend() -> _Backend:
 
         def __init__(self) -> None:
             self._manager = trio.open_nursery()
-            # Shielded from the consumer's scopes, as a generator's body runs only
-            # when its consumer resumes it: the consumer's exit stops the producer.
+            # Shielded from the consumer's scopes while the consumer is inside the
+            # `async with`, as a generator's body runs only when its consumer resumes it.
             self._scope = trio.CancelScope(shield=True)
 
         async def __aenter__(self) -> object:
@@ -1290,10 +1307,10 @@ def _make_trio_backend() -> _Backend:
             exc: BaseException | None,
             traceback: TracebackType | None,
         ) -> bool | None:
-            if trio.current_effective_deadline() == -math.inf:
-                # The consumer leaves in a cancelled scope: the cancellation reaches the
-                # producer's cleanup too, as it reaches a generator closed in that scope.
-                self._scope.cancel()
+            # The consumer waits for the producer's cleanup now: its cancellations,
+            # pending or to come, reach that cleanup, as they reach a generator's
+            # cleanup run by aclose() in the consumer's scope.
+            self._scope.shield = False
             return await self._manager.__aexit__(exc_type, exc, traceback)
 
         def start(self, function: Callable[[], Awaitable[None]]) -> None:

@@ -1405,6 +1405,85 @@ async def test_athrow_into_an_iterator_without_throw_raises_from_many() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("waiting_in", ["itemize", "many of an iterator without throw"])
+async def test_athrow_of_stop_iteration_reaches_the_producer_as_runtime_error(
+    waiting_in: str,
+) -> None:
+    """As Python turns a StopIteration that leaves a coroutine into RuntimeError."""
+    c: Channel[int] = Channel()
+    seen: list[BaseException] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                if waiting_in == "itemize":
+                    await itemize(1)
+                else:
+                    await itemize.many(iter([1, 2]))
+            except RuntimeError as exc:
+                seen.append(exc)
+            await itemize(10)
+
+    stop = StopIteration("thrown")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            assert await c.receiver.athrow(stop) == 10
+            assert await collect(c.receiver) == []
+    assert [str(exc) for exc in seen] == ["coroutine raised StopIteration"]
+    assert seen[0].__cause__ is stop
+
+
+class ClosableIterator:
+    """An iterator with a ``close()`` (not a generator) that fails on its second item."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+        self.count = 0
+
+    def __iter__(self) -> ClosableIterator:
+        return self
+
+    def __next__(self) -> int:
+        self.count += 1
+        if self.count == 2:
+            raise ValueError("next failed")
+        return self.count
+
+    def close(self) -> None:
+        self.events.append("closed")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("ended_by", ["its own error", "athrow"])
+async def test_many_does_not_close_an_iterator_that_ended_itself(ended_by: str) -> None:
+    """As ``yield from`` leaves alone an iterator that raised, or that had no ``throw()``."""
+    c: Channel[int] = Channel()
+    events: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(ClosableIterator(events))
+            except (ValueError, KeyError) as exc:
+                events.append(f"many raised {exc!r}")
+            await itemize(10)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 1
+            if ended_by == "athrow":
+                assert await c.receiver.athrow(KeyError("k")) == 10
+            else:
+                assert await anext(c.receiver) == 10
+            assert await collect(c.receiver) == []
+    error = "KeyError('k')" if ended_by == "athrow" else "ValueError('next failed')"
+    assert events == [f"many raised {error}"]
+
+
+@pytest.mark.anyio
 async def test_athrow_goes_to_the_producer_whose_item_was_taken_last() -> None:
     c: Channel[str] = Channel()
     seen: list[str] = []
@@ -1500,7 +1579,6 @@ async def test_athrow_after_the_end_raises_as_asend_does(
 def test_a_receiver_is_an_async_generator() -> None:
     c: Channel[int] = Channel()
     assert isinstance(c.receiver, collections.abc.AsyncGenerator)
-    assert Receiver.athrow.__doc__ is not None
 
 
 # --- itemize.many: delegation like yield from ---------------------------------------
@@ -2077,6 +2155,31 @@ async def test_however_the_consumer_leaves_a_producer_in_itemize_gets_receiver_c
 
 
 @pytest.mark.anyio
+async def test_a_timeout_around_a_producer_stops_its_cleanup_as_a_generator_s() -> None:
+    """The consumer waits for the cleanup in its own scopes, as ``aclose()`` runs a generator's."""
+    events: list[str] = []
+
+    @channel.producer
+    async def numbers(itemize: Itemize[int]) -> None:
+        try:
+            await itemize(1)
+            await itemize(2)
+        finally:
+            try:
+                await anyio.sleep_forever()
+            except anyio.get_cancelled_exc_class():
+                events.append("cleanup cancelled")
+                raise
+
+    with anyio.fail_after(STEP), anyio.move_on_after(0.05) as timeout:
+        async with numbers() as items:
+            assert await anext(items) == 1
+        # leaves cleanly, then waits for the cleanup until the timeout
+    assert timeout.cancelled_caught
+    assert events == ["cleanup cancelled"]
+
+
+@pytest.mark.anyio
 async def test_a_producer_busy_elsewhere_is_stopped_promptly_when_the_consumer_leaves() -> None:
     events: list[str] = []
 
@@ -2127,6 +2230,22 @@ async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> N
             raise ValueError("consumer")
     assert group.group_contains(KeyError)
     assert group.group_contains(ValueError)
+
+
+@pytest.mark.anyio
+async def test_a_producer_exception_that_the_consumer_raises_again_comes_out_once() -> None:
+    @channel.producer
+    async def failing(itemize: Itemize[int]) -> None:
+        await itemize(1)
+        raise KeyError("from the producer")
+
+    with anyio.fail_after(STEP), pytest.raises(KeyError) as raised:
+        async with failing() as items:
+            try:
+                await collect(items)
+            except SenderFailed as failed:
+                raise failed.__cause__ from None  # type: ignore[misc]
+    assert raised.value.args == ("from the producer",)
 
 
 @pytest.mark.anyio
