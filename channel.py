@@ -440,7 +440,8 @@ class Receiver(Generic[T_co, R_contra]):
                 raise
             if item is not _LOOK_AGAIN:
                 return item  # type: ignore[no-any-return]
-            reply = None  # woken without an item: the stream ended, or `many` is queued
+            # Woken without an item: the stream ended, or `many` is queued. The reply
+            # went to the producer resumed above, so the next look passes none on.
 
     __anext__ = asend
 
@@ -704,7 +705,7 @@ class _Producing(Generic[T, R]):
         # the producer with it: however the consumer leaves, a producer waiting in
         # itemize ends by ReceiverClosed alone, and its cleanup runs to the end.
         try:
-            await self._tasks.__aexit__(None, None, None)
+            await self._tasks.wait()
         except BaseExceptionGroup as group:
             errors = [*group.exceptions]
         else:
@@ -1115,12 +1116,9 @@ if TYPE_CHECKING:
         """The backend's own task group, running one producer task that can be cancelled."""
 
         async def __aenter__(self) -> object: ...
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            traceback: TracebackType | None,
-        ) -> bool | None: ...
+        async def wait(self) -> None:
+            """Wait until the producer task has ended; raise a group of what it raised."""
+
         def start(self, function: Callable[[], Awaitable[None]]) -> None: ...
         def cancel(self) -> None: ...
 
@@ -1184,14 +1182,8 @@ def _make_asyncio_backend() -> _Backend:
         async def __aenter__(self) -> object:
             return await self._group.__aenter__()
 
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            traceback: TracebackType | None,
-        ) -> bool | None:
-            await self._group.__aexit__(exc_type, exc, traceback)
-            return None
+        async def wait(self) -> None:
+            await self._group.__aexit__(None, None, None)
 
         def start(self, function: Callable[[], Awaitable[None]]) -> None:
             async def run() -> None:
@@ -1301,17 +1293,12 @@ def _make_trio_backend() -> _Backend:
             self._nursery = await self._manager.__aenter__()
             return self._nursery
 
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            traceback: TracebackType | None,
-        ) -> bool | None:
+        async def wait(self) -> None:
             # The consumer waits for the producer's cleanup now: its cancellations,
             # pending or to come, reach that cleanup, as they reach a generator's
             # cleanup run by aclose() in the consumer's scope.
             self._scope.shield = False
-            return await self._manager.__aexit__(exc_type, exc, traceback)
+            await self._manager.__aexit__(None, None, None)
 
         def start(self, function: Callable[[], Awaitable[None]]) -> None:
             async def run() -> None:
