@@ -263,7 +263,7 @@ class Sender(Generic[T_contra, R_co]):
     async def __aenter__(self) -> Itemize[T_contra, R_co]:
         state = self._state
         state.check_run()
-        if state.sender_entered:
+        if state.end is not _NOT_STARTED:
             if state.end is None:
                 raise ChannelClosed(
                     "this channel's sender block is already open; "
@@ -273,8 +273,8 @@ class Sender(Generic[T_contra, R_co]):
                 "this channel's sender block has already ended; a channel carries "
                 "one stream, so create a new Channel for another one"
             )
-        state.sender_entered = True
-        return _Itemize(state)
+        state.end = None
+        return _itemize_of(state)
 
     async def __aexit__(
         self,
@@ -296,56 +296,57 @@ class Sender(Generic[T_contra, R_co]):
         return f"<Sender of channel {self._state.statistics()}>"
 
 
-@final
-class _Itemize(Generic[T_contra, R_co]):
-    """The ``itemize`` of one sender block (see :class:`Itemize`)."""
+def _itemize_of(state: _State) -> Itemize[Any, Any]:
+    """The ``itemize`` of one sender block (see :class:`Itemize`).
 
-    __slots__ = ("_state",)
+    A function, not an object with ``__call__``: the hot path, and a function costs
+    less to call.
+    """
 
-    def __init__(self, state: _State) -> None:
-        self._state = state
-
-    async def __call__(self, item: T_contra, /) -> R_co:
-        state = self._state
-        if state.current_run() is not state.run or state.end is not None or state.receiver_closed:
+    async def itemize(item: object, /) -> Any:
+        if state.thread != _get_ident() or state.end is not None or state.receiver_closed:
             state.check_send()
-        waiter = state.waiters.create_future()
+        trio = state.trio
+        waiter: Any = state.run.create_future() if trio is None else trio.current_task()
         receiver = state.receiver_waiting
-        if receiver is not None and not receiver.done():
+        if receiver is not None and (trio is not None or not receiver.done()):
             state.receiver_waiting = None
-            receiver.set_result(item)
+            if trio is None:
+                receiver.set_result(item)
+            else:
+                trio.reschedule(receiver, trio.Value(item))
             state.delivered = waiter
             state.items_delivered += 1
         else:
             if state.queue is None:
                 state.queue = _deque()
             state.queue.append((waiter, item))
-        try:
-            return await waiter  # type: ignore[no-any-return]  # the reply to the next ask
+        try:  # the reply to the next ask
+            if trio is None:
+                return await waiter
+            return await trio.wait_task_rescheduled(lambda _: state.withdraw(waiter))
         except _Raise as carried:  # from athrow(): raised here, as at a `yield`
             error = carried.error
         except BaseException:
-            state.withdraw(waiter)
+            state.withdraw(waiter)  # on trio, already done when the wait was aborted
+            state.check_run()  # an asyncio future awaited in another loop raises
             raise
         raise error
 
-    async def many(self, items: Iterable[T_contra], /) -> Any:
-        state = self._state
-        if state.current_run() is not state.run or state.end is not None or state.receiver_closed:
+    async def many(items: Iterable[Any], /) -> Any:
+        if state.thread != _get_ident() or state.end is not None or state.receiver_closed:
             state.check_send()
         source = _Source(iter(items))
-        waiter = state.waiters.create_future()
+        waiter = state.waiter()
         if state.queue is None:
             state.queue = _deque()
         state.queue.append((waiter, source))
-        # A waiting receiver pulls the items itself, in its own task.
-        state.wake_receiver()
+        state.wake_receiver()  # a waiting receiver pulls the items itself, in its own task
         try:
-            return await waiter  # the generator's return value
+            return await state.park(waiter)  # the generator's return value
         except _Raise as carried:  # the iterator's own error, or athrow()'s: it has ended
             error = carried.error
         except BaseException:
-            state.withdraw(waiter)
             # Whatever else stopped the delegation, the iterator is closed here, in
             # the producer, as `yield from` closes it: what close() raises comes out
             # of this call, and no other task's wake-up can be lost to it.
@@ -353,8 +354,8 @@ class _Itemize(Generic[T_contra, R_co]):
             raise
         raise error
 
-    def __repr__(self) -> str:
-        return f"<itemize of channel {self._state.statistics()}>"
+    itemize.many = many  # type: ignore[attr-defined]
+    return itemize  # type: ignore[return-value]
 
 
 @final
@@ -402,42 +403,50 @@ class Receiver(Generic[T_co, R_contra]):
         """
         state = self._state
         if (
-            state.current_run() is not state.run
-            or state.receiver_waiting is not None
+            state.thread != _get_ident()
+            or state.end is not None
             or state.receiver_closed
+            or state.receiver_waiting is not None
         ):
-            state.check_receive()
+            state.check_receive()  # raises, unless the stream has not started or has ended
         if state.stash is not _NOTHING:
             item, state.stash = state.stash, _NOTHING
             return item  # type: ignore[no-any-return]
         if reply is not None and not state.items_delivered:
             state.refuse_early_reply()
+        trio = state.trio
         while True:
             if state.source is None and not state.queue:
                 producer = state.delivered
                 if producer is not None:  # it continues after its `itemize` now
                     state.delivered = None
-                    if not producer.done():
+                    if trio is not None:
+                        trio.reschedule(producer, trio.Value(reply))
+                    elif not producer.done():
                         producer.set_result(reply)
             else:  # delegating to `itemize.many`, or other producers wait
                 item = state.take_ready(reply)
                 if item is not _NOTHING:
                     if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS == 0:
                         try:
-                            await state.checkpoint()
+                            await state.backend.checkpoint()  # type: ignore[union-attr]
                         except BaseException:
                             state.stash = item  # taken, so kept for the next ask
                             raise
                     return item  # type: ignore[no-any-return]
-            if state.end is not None or state.receiver_closed:
+            if (state.end is not None and state.end is not _NOT_STARTED) or state.receiver_closed:
                 raise state.end_of_stream()
-            waiter = state.waiters.create_future()
-            state.receiver_waiting = waiter
-            try:
-                item = await waiter
-            except BaseException:
-                state.receiver_cancelled(waiter)
-                raise
+            if trio is None:
+                waiter = state.receiver_waiting = state.run.create_future()
+                try:
+                    item = await waiter
+                except BaseException:
+                    state.receiver_cancelled(waiter)
+                    state.check_run()  # an asyncio future awaited in another loop raises
+                    raise
+            else:
+                state.receiver_waiting = trio.current_task()
+                item = await trio.wait_task_rescheduled(state.receiver_aborted)
             if item is not _LOOK_AGAIN:
                 return item  # type: ignore[no-any-return]
             # Woken without an item: the stream ended, or `many` is queued. The reply
@@ -537,11 +546,8 @@ class _Batches(Generic[T_co]):
 
     async def __anext__(self) -> list[T_co]:
         batch = [await self._receiver.__anext__()]
-        state = self._receiver._state  # pyright: ignore[reportPrivateUsage]
-        while len(batch) < self._max_items:
-            item = state.take_ready(None)
-            if item is _NOTHING:
-                break
+        take_ready = self._receiver._state.take_ready  # pyright: ignore[reportPrivateUsage]
+        while len(batch) < self._max_items and (item := take_ready(None)) is not _NOTHING:
             batch.append(item)
         return batch
 
@@ -769,16 +775,13 @@ def _is_group(exc: BaseException) -> TypeGuard[BaseExceptionGroup[BaseException]
 
 # Private markers, compared by identity.
 _NOTHING: Any = object()  # an empty slot, where None could be an item
+_NOT_STARTED: Any = object()  # State.end before the sender block is entered
 _CLEAN_END: Any = object()  # State.end after a sender block ended normally
 _LOOK_AGAIN: Any = object()  # wakes a receiver with no item: it ended, or `many` is queued
 
 # A receiver taking items without waiting (from `itemize.many`, or from many
 # producers) passes a scheduling point this often, to stay cancellable and fair.
 _ITEMS_BETWEEN_CHECKPOINTS = 256
-
-
-def _unbound_run() -> object:
-    return _NOTHING
 
 
 class _Raise(BaseException):
@@ -810,24 +813,31 @@ def _close_iterator(iterator: object) -> None:
 
 
 class _State:
-    """What both ends of one channel share.
+    """What both ends of one channel share: the hand-over.
 
-    The hand-over, in the terms of a generator: the receiver *asks*
-    (``Receiver.asend``), which resumes the producer whose item it took last
-    (``delivered``) and then takes the next item, from the first producer waiting
-    in ``queue`` or, if none waits, by parking until ``itemize`` hands one over.
-    ``itemize`` (``_Itemize.__call__``) then parks until the receiver asks again.
-    While ``itemize.many`` delegates, its call stays ``delivered`` and each ask
-    pulls the next item from ``source`` instead.
+    In the terms of a generator: the receiver *asks* (``Receiver.asend``), which
+    resumes the producer whose item it took last (``delivered``), then takes the
+    next item: from the first producer waiting in ``queue``, or, if none waits, by
+    parking in ``receiver_waiting`` until ``itemize`` hands one over. ``itemize``
+    then parks, as ``delivered``, until the receiver asks again.
 
-    Every park and wake goes through a future-like waiter from the backend section
-    at the bottom of this module; a waiter can be cancelled before its owner runs
-    again, so wakers skip waiters that are ``done()``.
+    Invariants:
+
+    - A waiter is an asyncio future of the channel's loop, or a trio task. It is
+      linked in at most one place (``receiver_waiting``, ``delivered``, ``queue``),
+      and whoever wakes it unlinks it first.
+    - While ``itemize.many`` delegates, ``source`` is its iterator and ``delivered``
+      its waiter; each ask pulls the next item from ``source``.
+    - On trio, a cancelled task unlinks itself at once (``abort_fn``), so every
+      linked task is waiting. An asyncio future is cancelled before its task runs
+      again to unlink it, so wakers pass over futures that are ``done()``.
+    - ``end`` is ``_NOT_STARTED``, then ``None`` while the sender block is open,
+      then ``_CLEAN_END`` or the exception that ended it. When it is set, and when
+      the receiver closes, every waiter is woken.
     """
 
     __slots__ = (
-        "checkpoint",
-        "current_run",
+        "backend",
         "delivered",
         "end",
         "items_delivered",
@@ -835,41 +845,101 @@ class _State:
         "receiver_closed",
         "receiver_waiting",
         "run",
-        "sender_entered",
         "source",
         "stash",
-        "waiters",
+        "thread",
+        "trio",
     )
 
-    # Identity of the event loop or trio run this channel is bound to, and the
-    # function that tells the running one; they differ only when the channel is
-    # used from elsewhere (or not yet bound).
-    run: object
-    current_run: Callable[[], object]
-    waiters: _WaiterFactory  # makes waiters for the current task
-    checkpoint: Callable[[], Awaitable[None]]  # a scheduling point of the backend
-    receiver_waiting: _Waiter | None  # the receiver, parked in `asend`
-    delivered: _Waiter | None  # the producer whose item was taken; resumes at the next ask
-    queue: _deque[tuple[_Waiter, Any]] | None  # producers waiting to hand an item over
+    backend: _Backend | None  # the event loop library, once the channel is bound
+    trio: _Trio | None  # the trio backend's primitives, or None on asyncio
+    run: Any  # the bound asyncio loop, or the root task of the bound trio run
+    thread: int | None  # the thread that runs it
+    receiver_waiting: Any  # the waiter of the receiver, parked in `asend`
+    delivered: Any  # the waiter of the producer whose item was taken last
+    queue: _deque[tuple[Any, Any]] | None  # producers waiting to hand over an item or a _Source
     source: Iterator[Any] | None  # what `itemize.many` delegates to, while it does
     stash: Any  # an item handed to a receiver that was cancelled before it resumed
-    end: Any  # None while the block may send; then _CLEAN_END or the block's exception
-    sender_entered: bool
+    end: Any
     receiver_closed: bool
     items_delivered: int
 
     def __init__(self) -> None:
-        self.run = None
-        self.current_run = _unbound_run
-        self.receiver_waiting = None
-        self.delivered = None
-        self.queue = None
-        self.source = None
+        self.backend = self.trio = self.run = self.thread = None
+        self.receiver_waiting = self.delivered = self.queue = self.source = None
         self.stash = _NOTHING
-        self.end = None
-        self.sender_entered = False
+        self.end = _NOT_STARTED
         self.receiver_closed = False
         self.items_delivered = 0
+
+    # Parking and waking, for the paths off the hot ones (which inline them).
+
+    def waiter(self) -> Any:
+        """A waiter for the current task: a future of the loop, or the trio task itself."""
+        return self.run.create_future() if self.trio is None else self.trio.current_task()
+
+    async def park(self, waiter: Any) -> Any:
+        """Wait as a producer until woken: unlinked at once if the wait is interrupted."""
+        trio = self.trio
+        try:
+            if trio is None:
+                return await waiter
+            return await trio.wait_task_rescheduled(lambda _: self.withdraw(waiter))
+        except _Raise:
+            raise
+        except BaseException:
+            self.withdraw(waiter)
+            self.check_run()  # an asyncio future awaited in another loop raises
+            raise
+
+    def waiting(self, waiter: Any) -> bool:
+        """Whether a linked waiter still waits (an asyncio future may be cancelled)."""
+        return self.trio is not None or not waiter.done()
+
+    def wake(self, waiter: Any, value: Any) -> None:
+        if self.trio is not None:
+            self.trio.reschedule(waiter, self.trio.Value(value))
+        elif not waiter.done():
+            waiter.set_result(value)
+
+    def fail(self, waiter: Any, error: BaseException) -> None:
+        if self.trio is not None:
+            self.trio.reschedule(waiter, self.trio.Error(error))
+        elif not waiter.done():
+            waiter.set_exception(error)
+
+    def receiver_aborted(self, _: object) -> Any:
+        """trio's ``abort_fn`` for the receiver: it only unlinks the task."""
+        self.receiver_waiting = None
+        return self.trio.succeeded  # type: ignore[union-attr]
+
+    def receiver_cancelled(self, waiter: Any) -> None:
+        """Unlink the receiver's future; keep an item that reached it too late."""
+        if self.receiver_waiting is waiter:
+            self.receiver_waiting = None
+        elif waiter.done() and not waiter.cancelled():
+            item = waiter.result()
+            if item is not _LOOK_AGAIN:
+                self.stash = item
+
+    def withdraw(self, waiter: Any) -> Any:
+        """Unlink a producer whose wait was interrupted; to trio, its abort succeeded."""
+        if self.delivered is waiter:
+            self.delivered = self.source = None
+        elif self.queue:
+            for entry in self.queue:
+                if entry[0] is waiter:
+                    self.queue.remove(entry)
+                    break
+        return self.trio and self.trio.succeeded
+
+    def wake_receiver(self) -> None:
+        """Wake a waiting receiver with no item, to look at the channel again."""
+        receiver, self.receiver_waiting = self.receiver_waiting, None
+        if receiver is not None:
+            self.wake(receiver, _LOOK_AGAIN)
+
+    # The hand-over.
 
     async def wait_for_first_ask(self) -> None:
         """Park a producer until the receiver first asks, as a new generator waits."""
@@ -877,68 +947,60 @@ class _State:
             raise _receiver_closed()
         if self.receiver_waiting is not None:  # it asked before the producer ran
             return
-        waiter = self.waiters.create_future()
-        self.delivered = waiter  # the first ask wakes it, as it wakes an itemize
-        # If this raises, the sender block ends at once and end_stream() unlinks it.
-        await waiter
+        waiter = self.delivered = self.waiter()  # the first ask wakes it, as an itemize
+        await self.park(waiter)
 
     def take_ready(self, reply: Any) -> Any:
         """Ask without waiting: the next item if one is ready, else ``_NOTHING``."""
-        if self.source is not None:
-            item = self.pull(reply)
-            if item is not _NOTHING:
-                return item
-        producer, self.delivered = self.delivered, None
-        if producer is not None and not producer.done():
-            producer.set_result(reply)  # it continues after its `itemize` now
-        while self.queue:
-            waiter, item = self.queue.popleft()
-            if waiter.done():  # a cancelled producer withdrew its item
-                continue
+        while True:
+            source: Any = self.source  # an iterator; a generator also has send()
+            waiter = self.delivered
+            if source is None:
+                self.delivered = None
+                if waiter is not None:
+                    self.wake(waiter, reply)  # it continues after its `itemize` now
+            elif self.trio is not None or not waiter.done():  # `waiting`, inlined: per item
+                try:
+                    item = next(source) if reply is None else source.send(reply)
+                except BaseException as exc:
+                    self.end_delegation(waiter, exc)
+                else:
+                    self.items_delivered += 1
+                    return item
+            else:  # the `many` call was cancelled; it closes its iterator itself
+                self.source = self.delivered = None
+            # The next producer in line, if any.
+            reply = None
+            while self.queue:
+                waiter, item = self.queue.popleft()
+                if self.waiting(waiter):
+                    break
+            else:
+                return _NOTHING
             self.delivered = waiter
-            if type(item) is not _Source:
-                self.items_delivered += 1
-                return item
-            self.source = item.iterator
-            item = self.pull(None)
-            if item is not _NOTHING:
-                return item
-        return _NOTHING
+            if type(item) is _Source:
+                self.source = item.iterator
+                continue
+            self.items_delivered += 1
+            return item
 
-    def pull(self, reply: Any) -> Any:
-        """The next item of the delegation, or ``_NOTHING`` once it has ended."""
-        source: Any = self.source  # an iterator; a generator also has .send()
-        waiter = self.delivered
-        assert source is not None
-        assert waiter is not None
-        if waiter.done():  # the `many` call was cancelled; it closes its iterator
-            self.source = None
-            return _NOTHING
-        try:
-            item = next(source) if reply is None else source.send(reply)
-        except BaseException as exc:
-            self.end_delegation(waiter, exc)
-            return _NOTHING
-        self.items_delivered += 1
-        return item
-
-    def end_delegation(self, waiter: _Waiter, exc: BaseException) -> None:
+    def end_delegation(self, waiter: Any, exc: BaseException) -> None:
         """The delegated iterator ended: ``many`` returns its value or raises ``exc``."""
         self.source = self.delivered = None
         if isinstance(exc, StopIteration):
-            waiter.set_result(exc.value)
+            self.wake(waiter, exc.value)
         else:  # raised in the producer, as `yield from` does
-            waiter.set_exception(_Raise(exc))
+            self.fail(waiter, _Raise(exc))
 
     def throw(self, exc: BaseException) -> Any:
         """Raise ``exc`` where the producer waits: the next item if a delegation yields one."""
         producer = self.delivered
-        if producer is None or producer.done():
+        if producer is None or not self.waiting(producer):
             return _NOTHING
         throw = getattr(self.source, "throw", None)
         if throw is None:  # an itemize, or an iterator that cannot take it
             self.delivered = self.source = None
-            producer.set_exception(_Raise(exc))
+            self.fail(producer, _Raise(exc))
             return _NOTHING
         try:
             item = throw(exc)
@@ -948,31 +1010,6 @@ class _State:
         self.items_delivered += 1
         return item
 
-    def withdraw(self, waiter: _Waiter) -> None:
-        """Unlink a producer's waiter after its ``itemize`` was interrupted."""
-        if self.delivered is waiter:
-            self.delivered = self.source = None
-        elif self.queue:
-            for entry in self.queue:
-                if entry[0] is waiter:
-                    self.queue.remove(entry)
-                    return
-
-    def receiver_cancelled(self, waiter: _Waiter) -> None:
-        """Unlink the receiver's waiter; keep an item that reached it too late."""
-        if self.receiver_waiting is waiter:
-            self.receiver_waiting = None
-        elif waiter.done() and not waiter.cancelled():
-            item = waiter.result()
-            if item is not _LOOK_AGAIN:
-                self.stash = item
-
-    def wake_receiver(self) -> None:
-        """Wake a waiting receiver with no item, to look at the channel again."""
-        receiver, self.receiver_waiting = self.receiver_waiting, None
-        if receiver is not None and not receiver.done():
-            receiver.set_result(_LOOK_AGAIN)
-
     def end_stream(self, end: Any) -> None:
         """The sender block exited: wake everybody who waits on it."""
         self.end = end
@@ -980,16 +1017,14 @@ class _State:
         producer, self.delivered = self.delivered, None
         if self.source is not None:  # another task's `many`, cut short
             self.source = None
-            if not producer.done():  # type: ignore[union-attr]
-                producer.set_exception(_block_ended())  # type: ignore[union-attr]
-        elif producer is not None and not producer.done():
+            self.fail(producer, _block_ended())
+        elif producer is not None:
             # Another task whose item was taken: it was delivered, so it returns.
-            producer.set_result(None)
+            self.wake(producer, None)
         # Other tasks still waiting to hand an item over: it was never taken.
         queue, self.queue = self.queue, None
         for waiter, _ in queue or ():
-            if not waiter.done():
-                waiter.set_exception(_block_ended())
+            self.fail(waiter, _block_ended())
 
     def close_receiver(self) -> None:
         if self.receiver_closed:
@@ -1000,11 +1035,12 @@ class _State:
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
         self.source = None  # a `many` call closes its own iterator
-        waiting = [producer] if producer is not None else []
-        waiting += [waiter for waiter, _ in queue or ()]
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_exception(_receiver_closed())
+        for waiter in [producer] if producer is not None else []:
+            self.fail(waiter, _receiver_closed())
+        for waiter, _ in queue or ():
+            self.fail(waiter, _receiver_closed())
+
+    # Ends and misuse: the slow paths.
 
     def end_of_stream(self) -> BaseException:
         """The exception that tells the receiver why no item will come."""
@@ -1026,9 +1062,7 @@ class _State:
                 "inside the `async with c.sender` block (a task that shares it "
                 "must finish before the block exits)"
             )
-        # Not a second loop (the sender block bound the channel), not ended: so
-        # the receiver was closed.
-        raise _receiver_closed()
+        raise _receiver_closed()  # right loop, block open: so the receiver was closed
 
     def check_receive(self) -> None:
         self.check_run()
@@ -1048,28 +1082,33 @@ class _State:
         )
 
     def check_run(self) -> None:
-        """Bind the channel on first use; refuse a second event loop afterwards."""
-        current = self.current_run()
-        if current is self.run:
-            return
-        if self.run is not None:
+        """Bind the channel on first use; refuse another event loop afterwards.
+
+        The hot paths only compare the thread, which is cheap. The same thread can
+        run another loop later: there a trio channel has ended (a trio run waits for
+        all its tasks), and an asyncio future of another loop fails when awaited, so
+        the paths that park call this again when their wait fails.
+        """
+        if self.backend is None:
+            self.backend = _running_backend()
+            self.run, self.thread = self.backend.current_run(), _get_ident()
+            self.trio = self.backend.trio
+        elif self.backend.current_run() is not self.run:
             raise ChannelError(
                 "this channel belongs to another event loop (or trio run); "
                 "create the Channel again inside the loop that uses it"
             )
-        backend = _running_backend()
-        self.run = backend.current_run()
-        self.current_run = backend.run_check(self.run)
-        self.waiters, self.checkpoint = backend.waiters(), backend.checkpoint
 
     def statistics(self) -> ChannelStatistics:
         if self.receiver_closed:
             state = "receiver closed"
+        elif self.end is _NOT_STARTED:
+            state = "not started"
         elif self.end is None:
-            state = "open" if self.sender_entered else "not started"
+            state = "open"
         else:
             state = "ended" if self.end is _CLEAN_END else "failed"
-        waiting = sum(not waiter.done() for waiter, _ in self.queue or ())
+        waiting = sum(self.waiting(waiter) for waiter, _ in self.queue or ())
         waiting += self.delivered is not None
         return ChannelStatistics(
             state, self.receiver_waiting is not None, waiting, self.items_delivered
@@ -1091,26 +1130,15 @@ def _block_ended() -> ChannelClosed:
     )
 
 
-# --- The backends: the only code that suspends -------------------------------------
+# --- The backends: the only code that depends on the event loop library --------------
 #
-# Each backend gives waiters with the part of the asyncio.Future interface that
-# `_State` uses: done(), cancelled(), result(), set_result(), set_exception(), and
-# `await waiter` returning the result or raising the exception. The value travels
-# with the wake-up, so on trio a cancellation arriving afterwards cannot lose it;
-# on asyncio `_State.receiver_cancelled` keeps such an item.
+# A channel parks a task on an asyncio future of its loop, or, on trio, with
+# `wait_task_rescheduled`, and wakes it with `set_result`/`set_exception` or with
+# `reschedule(task, Value(v))`/`Error(e)`. The value travels with the wake-up, so on
+# trio a cancellation arriving afterwards cannot lose it; on asyncio
+# `_State.receiver_cancelled` keeps such an item.
 
 if TYPE_CHECKING:
-
-    class _Waiter(Protocol):
-        def done(self) -> bool: ...
-        def cancelled(self) -> bool: ...
-        def result(self) -> Any: ...
-        def set_result(self, value: Any, /) -> None: ...
-        def set_exception(self, exception: BaseException, /) -> None: ...
-        def __await__(self) -> Generator[Any, None, Any]: ...
-
-    class _WaiterFactory(Protocol):
-        def create_future(self) -> _Waiter: ...
 
     class _TaskGroup(Protocol):
         """The backend's own task group, running one producer task that can be cancelled."""
@@ -1127,26 +1155,44 @@ if TYPE_CHECKING:
 class _Backend:
     """What the rest of the module needs of one event loop library."""
 
-    __slots__ = ("cancelled", "checkpoint", "current_run", "run_check", "task_group", "waiters")
+    __slots__ = ("cancelled", "checkpoint", "current_run", "task_group", "trio")
 
     def __init__(
         self,
-        *,
         current_run: Callable[[], object],
-        run_check: Callable[[object], Callable[[], object]],
-        waiters: Callable[[], _WaiterFactory],
         checkpoint: Callable[[], Awaitable[None]],
         task_group: Callable[[], _TaskGroup],
         cancelled: type[BaseException],
+        trio: _Trio | None = None,
     ) -> None:
-        self.current_run = current_run  # identifies the running loop or trio run
-        # For a channel bound to `run`: a cheap function that returns `run` while
-        # the caller runs in it (and anything else otherwise).
-        self.run_check = run_check
-        self.waiters = waiters
-        self.checkpoint = checkpoint
+        self.current_run = current_run  # the running loop or trio run, or None
+        self.checkpoint = checkpoint  # a scheduling point
         self.task_group = task_group
         self.cancelled = cancelled  # the exception a cancelled task raises
+        self.trio = trio  # on trio, its primitives for parking and waking
+
+
+@final
+class _Trio:
+    """trio's primitives for parking and waking a task, for the hand-over."""
+
+    __slots__ = (
+        "Error",
+        "Value",
+        "current_task",
+        "reschedule",
+        "succeeded",
+        "wait_task_rescheduled",
+    )
+
+    def __init__(self) -> None:
+        from outcome import Error, Value
+        from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
+
+        self.current_task, self.reschedule = current_task, reschedule
+        self.wait_task_rescheduled = wait_task_rescheduled
+        self.Value: Callable[[object], Value[object]] = Value
+        self.Error, self.succeeded = Error, Abort.SUCCEEDED
 
 
 _backends: dict[str, _Backend] = {}
@@ -1197,86 +1243,16 @@ def _make_asyncio_backend() -> _Backend:
     async def checkpoint() -> None:
         await asyncio.sleep(0)
 
-    def run_check(loop: object) -> Callable[[], object]:
-        if sys.version_info >= (3, 12):  # pragma: no cover - CI runs 3.11
-            return asyncio.events._get_running_loop
-        # On 3.11, _get_running_loop() asks the OS for the process id on every
-        # call (cpython#100363). One thread runs one loop at a time, so "is this
-        # loop running, in this thread" tells the same, for a fifth of the cost.
-        assert isinstance(loop, asyncio.AbstractEventLoop)
-        is_running, thread = loop.is_running, _get_ident()
-
-        def running_loop() -> object:
-            return loop if is_running() and _get_ident() == thread else None
-
-        return running_loop
-
-    # The running loop both identifies the run and makes the futures.
-    running_loop = asyncio.events._get_running_loop
     return _Backend(
-        current_run=running_loop,
-        run_check=run_check,
-        waiters=running_loop,  # type: ignore[arg-type]
-        checkpoint=checkpoint,
-        task_group=_AsyncioTaskGroup,
-        cancelled=asyncio.CancelledError,
+        asyncio.events._get_running_loop,  # the loop also makes the channel's futures
+        checkpoint,
+        _AsyncioTaskGroup,
+        asyncio.CancelledError,
     )
 
 
 def _make_trio_backend() -> _Backend:
     import trio
-    from outcome import Error, Value
-    from trio.lowlevel import (
-        Abort,
-        current_root_task,
-        current_task,
-        reschedule,
-        wait_task_rescheduled,
-    )
-
-    @final
-    class _TrioWaiter:
-        """A parked trio task, woken with ``reschedule``, shaped like an asyncio future."""
-
-        __slots__ = ("_cancelled", "_outcome", "_task")
-
-        def __init__(self) -> None:
-            self._task = current_task()
-            self._cancelled = False
-            self._outcome: Value[Any] | Error | None = None
-
-        def done(self) -> bool:
-            return self._cancelled or self._outcome is not None
-
-        def cancelled(self) -> bool:
-            return self._cancelled
-
-        def result(self) -> Any:  # pragma: no cover - trio never cancels a woken task
-            assert self._outcome is not None
-            return self._outcome.unwrap()
-
-        def set_result(self, value: Any, /) -> None:
-            self._outcome = Value(value)
-            reschedule(self._task, self._outcome)
-
-        def set_exception(self, exception: BaseException, /) -> None:
-            self._outcome = Error(exception)
-            reschedule(self._task, self._outcome)
-
-        def __await__(self) -> Generator[Any, None, Any]:
-            return wait_task_rescheduled(self._abort).__await__()  # noqa: ASYNC105
-
-        def _abort(self, raise_cancel: object) -> Abort:
-            # Only unlinks: the owner's `except` clause tidies the channel.
-            self._cancelled = True
-            return Abort.SUCCEEDED
-
-    @final
-    class _TrioWaiters:
-        __slots__ = ()
-
-        def create_future(self) -> _TrioWaiter:
-            return _TrioWaiter()
 
     @final
     class _TrioTaskGroup:
@@ -1310,18 +1286,10 @@ def _make_trio_backend() -> _Backend:
         def cancel(self) -> None:
             self._scope.cancel()
 
-    def current_trio_run() -> object:
+    def current_run() -> object:
         try:
-            return current_root_task()
+            return trio.lowlevel.current_root_task()
         except RuntimeError:  # not inside trio at all
             return None
 
-    waiters = _TrioWaiters()
-    return _Backend(
-        current_run=current_trio_run,
-        run_check=lambda run: current_trio_run,
-        waiters=lambda: waiters,
-        checkpoint=trio.lowlevel.checkpoint,
-        task_group=_TrioTaskGroup,
-        cancelled=trio.Cancelled,
-    )
+    return _Backend(current_run, trio.lowlevel.checkpoint, _TrioTaskGroup, trio.Cancelled, _Trio())

@@ -3297,8 +3297,8 @@ async def test_repr_and_statistics_show_the_state_and_who_waits_never_the_items(
     assert repr(c2) == "<Channel receiver closed, 0 delivered>"
     c3: Channel[str] = Channel()
     with pytest.raises(OSError, match="disk full"):
-        async with c3.sender as itemize:
-            assert repr(itemize) == "<itemize of channel open, 0 delivered>"
+        async with c3.sender:
+            assert repr(c3.sender) == "<Sender of channel open, 0 delivered>"
             raise OSError("disk full")
     assert repr(c3) == "<Channel failed, 0 delivered>"
     assert repr(c3.statistics()) == (
@@ -3368,8 +3368,7 @@ async def test_a_finished_channel_leaves_no_reference_cycles() -> None:
 
 
 def _waiting_itemize(c: Channel[Any]) -> int:
-    state = c.sender._state
-    return len([w for w, _ in state.queue or () if not w.done()]) + (state.delivered is not None)
+    return c.statistics().producers_waiting
 
 
 # --- The examples the original documentation gives -----------------------------------
@@ -4029,7 +4028,7 @@ async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> Non
 # 5. Misuse (`test_misuse_is_loud`): one table of every misuse, with the exact exception
 #    type and the whole message; closing twice is harmless. Also: exceptions travel as
 #    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
-#    guest mode on asyncio gets trio's waiters
+#    guest mode on asyncio parks trio's way
 #    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
 #
 # 6. Coverage and mutation testing. CI enforces 100% branch coverage of channel.py.
@@ -4040,20 +4039,13 @@ async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> Non
 #
 #    - `Sender.__aexit__` returns True instead of False when there was no exception:
 #      with nothing raised there is nothing to suppress, so the value is ignored.
-#    - `_State.__init__` sets `sender_entered` or `receiver_closed` to None instead of
-#      False; `_TrioWaiter.__init__` does the same to `_cancelled`: they are only ever
+#    - `_State.__init__` sets `receiver_closed` to None instead of False: it is only ever
 #      tested for truth.
 #    - `_State.close_receiver` sets `stash` to None instead of `_NOTHING`: once the
 #      receiver is closed every ask raises before it reads `stash`; either value lets
 #      go of the item.
 #    - `Receiver.asend` checkpoints when `items_delivered % 256 == 1` instead of `== 0`:
 #      the same period, one item later; the tests check the period, not the phase.
-#    - `sys.version_info >= (3, 12)` in the asyncio backend becomes `> (3, 12)` (the same:
-#      version_info has five fields), `>= (3, 13)` or `>= (4, 12)`: the same on 3.11,
-#      where the tests run; on newer Pythons it only picks the 3.11 loop check, which is
-#      also correct, only slower.
-#    - `_TrioWaiter.result` asserts the opposite: the line never runs, because trio never
-#      cancels a task it has already rescheduled (hence its `pragma: no cover`).
 
 RUN_LIMIT = 10  # seconds: a hang detector; every run here takes milliseconds
 HARNESS = "cancelled by the reliability harness"  # the message of its raw asyncio cancels
