@@ -1,89 +1,62 @@
-"""Benchmarks of yieldchannel: the cost of a hand-over next to the backend's floor and to peers.
+"""Benchmarks of yieldchannel: the cost per item next to the backend's floor and to peers.
 
-Run from anywhere (it measures the ``channel.py`` of this repository)::
+    python benchmarks/bench.py                    # timing (pyperf); writes to benchmarks/
+    python benchmarks/bench.py --instructions     # also instructions per item (callgrind)
+    python benchmarks/bench.py --only asyncio/ours,asyncio/floor --instructions
+    python benchmarks/bench.py --quick --out DIR  # smoke run: no figure is judged
+    python -m pyperf compare_to OLD/timings.json NEW/timings.json
 
-    python benchmarks/bench.py           # full run, 2-3 minutes; writes results.md and results.png
-    python benchmarks/bench.py --quick   # smoke run, seconds; writes its files to a temp directory
-
-Every figure is the median of several repetitions, each in a fresh event loop (or
-trio run), with the implementations interleaved so that a noisy neighbour hits them
-alike. Times are wall-clock (``time.perf_counter``) per item, in microseconds.
-
-Needs trio, anyio and aiochannel; uvloop, sav.channels (0.1) and matplotlib are
-used when installed and skipped, with a note, when not.
+The cases are ROWS, the targets TARGETS (below). Timing is pyperf's: calibrated loops in
+worker processes; one loop moves one item, so its figures are seconds per item. pyperf's
+own options work too (``--fast``, ``-p``, ``-v``...). With ``--instructions`` every row
+also runs twice under ``valgrind --tool=callgrind``, with two item counts; instructions
+per item are the difference of the totals over the difference of the counts, so start-up
+and set-up cancel out. Instruction counts decide the targets, wall-clock confirms them.
+Writes results.md (tables to paste), results.png, results.json and timings.json (pyperf).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import functools
 import gc
-import importlib
-import importlib.metadata
 import importlib.util
+import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import aiochannel
 import anyio
 import outcome
+import pyperf  # type: ignore[import-untyped]
 import trio
 import trio.lowlevel
 import trio.testing
 
 ROOT = Path(__file__).resolve().parent.parent
-HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # measure this repository's channel.py, not an installed copy
 
 from channel import Channel, Itemize  # noqa: E402
 
 T = TypeVar("T")
 Job = Callable[[], Coroutine[Any, Any, None]]
-
-
-# --- Settings -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Settings:
-    items: int  # items per timed run of a hand-over
-    fast_factor: int  # more items for the rows without a task switch per item
-    reps: int
-    idle_channels: int
-    scale: tuple[tuple[int, int, int], ...]  # (channels, extra items per channel, repetitions)
-    import_runs: int
-
-
-FULL = Settings(
-    items=20_000,
-    fast_factor=10,
-    reps=5,
-    idle_channels=10_000,
-    scale=((1, 20_000, 5), (1_000, 20, 5), (100_000, 2, 2)),
-    import_runs=9,
-)
-QUICK = Settings(
-    items=2_000,
-    fast_factor=10,
-    reps=3,
-    idle_channels=10_000,
-    scale=((1, 2_000, 3), (100, 20, 3), (5_000, 2, 2)),
-    import_runs=3,
-)
-PRODUCERS = 8  # tasks sharing one itemize
+ALL, AIO, TRIO = ("asyncio", "uvloop", "trio"), ("asyncio", "uvloop"), ("trio",)
+COUNTS = (2_000, 12_000)  # items in the two callgrind runs of a row
+QUICK = {"processes": 1, "values": 1, "warmups": 0, "loops": 400}  # pyperf, for --quick
+QUICK_CHANNELS = 2_000  # live channels at most, for --quick
+HAVE_SAV = importlib.util.find_spec("sav") is not None
 
 
 class BenchmarkError(Exception):
@@ -95,144 +68,51 @@ def check_total(total: int, n: int) -> None:
         raise BenchmarkError(f"items lost or changed: total {total} for {n} items")
 
 
-# --- Backends: how to run a coroutine and how to start tasks ---------------------------
+# --- Backends: running, and starting tasks the same way for every row --------------------
 
 
-class Gate(Protocol):
-    def set(self) -> None: ...
-    async def wait(self) -> object: ...
-
-
-class Tasks(Protocol):
-    """Starting tasks, the same way for every implementation on one backend."""
-
-    async def pair(self, consumer: Job, producer: Job) -> float:
-        """Run both as tasks, wait for both; return the elapsed seconds."""
-
-    async def group(self, jobs: Sequence[Job]) -> None:
-        """Run all as tasks and wait for all."""
-
-    def gate(self) -> Gate: ...
-
-    async def crowd(self, jobs: Sequence[Job], body: Job) -> None:
-        """Start all jobs, wait until all are parked, run ``body``, wait until all have ended."""
-
-
-class AsyncioTasks:
-    async def pair(self, consumer: Job, producer: Job) -> float:
-        start = time.perf_counter()
-        receiving = asyncio.create_task(consumer())
-        sending = asyncio.create_task(producer())
-        await receiving
-        await sending
-        return time.perf_counter() - start
-
-    async def group(self, jobs: Sequence[Job]) -> None:
+async def group(jobs: Sequence[Job]) -> None:
+    """Run all as tasks of the running backend, and wait for all."""
+    if trio.lowlevel.in_trio_run():
+        async with trio.open_nursery() as nursery:
+            for job in jobs:
+                nursery.start_soon(job)
+    else:
         async with asyncio.TaskGroup() as tg:
             for job in jobs:
                 tg.create_task(job())
 
-    def gate(self) -> Gate:
-        return asyncio.Event()
 
-    async def crowd(self, jobs: Sequence[Job], body: Job) -> None:
-        tasks = [asyncio.create_task(job()) for job in jobs]
-        for _ in range(3):  # every task runs up to its first wait
-            await asyncio.sleep(0)
-        await body()
-        await asyncio.gather(*tasks)
+def gate() -> Any:  # an event of the running backend: .set(), await .wait()
+    return trio.Event() if trio.lowlevel.in_trio_run() else asyncio.Event()
 
 
-class TrioTasks:
-    async def pair(self, consumer: Job, producer: Job) -> float:
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(consumer)
-            nursery.start_soon(producer)
-        return time.perf_counter() - start
-
-    async def group(self, jobs: Sequence[Job]) -> None:
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(job)
-
-    def gate(self) -> Gate:
-        return trio.Event()
-
-    async def crowd(self, jobs: Sequence[Job], body: Job) -> None:
-        async with trio.open_nursery() as nursery:
-            for job in jobs:
-                nursery.start_soon(job)
-            await trio.testing.wait_all_tasks_blocked()
-            await body()
+async def pair(consumer: Job, producer: Job) -> float:
+    """Run both as tasks until both end; return the elapsed seconds."""
+    start = time.perf_counter()
+    await group([consumer, producer])
+    return time.perf_counter() - start
 
 
-class AnyioTasks:
-    async def pair(self, consumer: Job, producer: Job) -> float:
-        start = time.perf_counter()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(consumer)
-            tg.start_soon(producer)
-        return time.perf_counter() - start
-
-    async def group(self, jobs: Sequence[Job]) -> None:
-        async with anyio.create_task_group() as tg:
-            for job in jobs:
-                tg.start_soon(job)
-
-    def gate(self) -> Gate:
-        return anyio.Event()
-
-    async def crowd(self, jobs: Sequence[Job], body: Job) -> None:
-        raise NotImplementedError  # not used
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str  # "asyncio", "uvloop" or "trio"
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-
-    @property
-    def is_trio(self) -> bool:
-        return self.name == "trio"
-
-    @property
-    def tasks(self) -> Tasks:
-        return TrioTasks() if self.is_trio else AsyncioTasks()
-
-    def run(self, function: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``function()`` in a fresh event loop or trio run."""
-        if self.is_trio:
-            return trio.run(function)
-        with asyncio.Runner(loop_factory=self.loop_factory) as runner:
-            return runner.run(function())
-
-    def run_anyio(self, function: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        """Run ``function()`` with ``anyio.run`` on this backend."""
-        if self.is_trio:
-            return anyio.run(function, backend="trio")
-        options: dict[str, Any] = {}
-        if self.loop_factory is not None:
-            options["loop_factory"] = self.loop_factory
-        return anyio.run(function, backend="asyncio", backend_options=options)
-
-
-def available_backends(notes: list[str]) -> list[Backend]:
-    backends = [Backend("asyncio")]
-    if importlib.util.find_spec("uvloop") is not None:
+def run(backend: str, main: Callable[[], Coroutine[Any, Any, T]], via_anyio: bool = False) -> T:
+    """Run ``main()`` in a fresh event loop or trio run (with ``anyio.run`` if asked)."""
+    if backend == "trio":
+        return anyio.run(main, backend="trio") if via_anyio else trio.run(main)
+    factory = None
+    if backend == "uvloop":
         import uvloop
 
-        backends.append(Backend("uvloop", uvloop.new_event_loop))
-    else:
-        notes.append("uvloop is not installed: no uvloop table.")
-    backends.append(Backend("trio"))
-    return backends
+        factory = uvloop.new_event_loop
+    if via_anyio:
+        return anyio.run(main, backend="asyncio", backend_options={"loop_factory": factory})
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())
 
 
-# --- The floor: the cheapest two-task hand-over on each backend -----------------------
+# --- Floors and the in-task limit ----------------------------------------------------------
 
 
-async def floor_futures(tasks: Tasks, n: int) -> float:
+async def floor_futures(n: int) -> float:
     """Two tasks, two asyncio futures per item: the producer gives, the consumer asks."""
     loop = asyncio.get_running_loop()
     give: asyncio.Future[int] = loop.create_future()  # the consumer waits on it
@@ -240,8 +120,7 @@ async def floor_futures(tasks: Tasks, n: int) -> float:
 
     async def consumer() -> None:
         nonlocal give
-        total = 0
-        waiting = give
+        total, waiting = 0, give
         for _ in range(n):
             total += await waiting
             waiting = give = loop.create_future()
@@ -255,14 +134,14 @@ async def floor_futures(tasks: Tasks, n: int) -> float:
             give.set_result(i)
             await asked
 
-    return await tasks.pair(consumer, producer)
+    return await pair(consumer, producer)
 
 
 def _abort(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def floor_trio(tasks: Tasks, n: int) -> float:
+async def floor_trio(n: int) -> float:
     """Two trio tasks parked with wait_task_rescheduled, woken with reschedule."""
     wait, reschedule = trio.lowlevel.wait_task_rescheduled, trio.lowlevel.reschedule
     receiving: trio.lowlevel.Task | None = None
@@ -274,8 +153,7 @@ async def floor_trio(tasks: Tasks, n: int) -> float:
         if sending is not None:  # the producer waits for the first ask
             reschedule(sending)
         total = await wait(_abort)  # the first item: the producer is known now
-        producer = sending
-        if producer is None:
+        if (producer := sending) is None:
             raise BenchmarkError("no producer")
         for _ in range(n - 1):
             reschedule(producer)
@@ -288,14 +166,13 @@ async def floor_trio(tasks: Tasks, n: int) -> float:
         sending = trio.lowlevel.current_task()
         if receiving is None:
             await wait(_abort)  # until the consumer arrives and asks
-        consumer = receiving
-        if consumer is None:
+        if (consumer := receiving) is None:
             raise BenchmarkError("no consumer")
         for i in range(n):
             reschedule(consumer, outcome.Value(i))
             await wait(_abort)
 
-    return await tasks.pair(consumer, producer)
+    return await pair(consumer, producer)
 
 
 async def _count_up(n: int) -> AsyncIterator[int]:
@@ -303,7 +180,7 @@ async def _count_up(n: int) -> AsyncIterator[int]:
         yield i
 
 
-async def in_task_generator(tasks: Tasks, n: int) -> float:
+async def in_task_generator(n: int) -> float:
     """The in-task limit: an async generator iterated in the same task, no hand-over."""
     start = time.perf_counter()
     total = 0
@@ -314,10 +191,24 @@ async def in_task_generator(tasks: Tasks, n: int) -> float:
     return elapsed
 
 
-# --- Peers ---------------------------------------------------------------------------
+# --- Peers and ours: a producer task gives n items to a consumer task ---------------------
 
 
-async def asyncio_queue(tasks: Tasks, n: int) -> float:
+async def consume(n: int, items: AsyncIterator[int], producer: Job, close: Any = None) -> float:
+    """Time ``producer`` and a consumer task that sums ``items`` with ``async for``."""
+
+    async def consumer() -> None:
+        total = 0
+        async for x in items:
+            total += x
+        if close is not None:
+            close()
+        check_total(total, n)
+
+    return await pair(consumer, producer)
+
+
+async def asyncio_queue(n: int) -> float:
     queue: asyncio.Queue[int | None] = asyncio.Queue(maxsize=1)
 
     async def consumer() -> None:
@@ -331,121 +222,79 @@ async def asyncio_queue(tasks: Tasks, n: int) -> float:
             await queue.put(i)
         await queue.put(None)
 
-    return await tasks.pair(consumer, producer)
+    return await pair(consumer, producer)
 
 
-async def anyio_stream(tasks: Tasks, n: int) -> float:
-    return await memory_channel_pair(tasks, n, *anyio.create_memory_object_stream[int](0))
-
-
-async def trio_channel(tasks: Tasks, n: int) -> float:
-    return await memory_channel_pair(tasks, n, *trio.open_memory_channel[int](0))
-
-
-async def memory_channel_pair(tasks: Tasks, n: int, send: Any, receive: Any) -> float:
-    """trio's channels and anyio's streams: the same send/receive API, used the same way."""
-
-    async def consumer() -> None:
-        total = 0
-        async with receive:
-            async for x in receive:
-                total += x
-        check_total(total, n)
+async def memory_channel(n: int, opener: Callable[[int], Any]) -> float:
+    """trio's channels and anyio's streams: the same send/receive API."""
+    send, receive = opener(0)
 
     async def producer() -> None:
         async with send:
             for i in range(n):
                 await send.send(i)
 
-    return await tasks.pair(consumer, producer)
+    return await consume(n, receive, producer, receive.close)
 
 
-async def aiochannel_channel(tasks: Tasks, n: int) -> float:
+async def aiochannel_channel(n: int) -> float:
     chan: aiochannel.Channel[int] = aiochannel.Channel(1)
-
-    async def consumer() -> None:
-        total = 0
-        async for x in chan:
-            total += x
-        check_total(total, n)
 
     async def producer() -> None:
         for i in range(n):
             await chan.put(i)
         chan.close()
 
-    return await tasks.pair(consumer, producer)
+    return await consume(n, aiter(chan), producer)
 
 
-class SavChannel(Protocol):
-    """The API of sav.channels 0.1, which ships no type information."""
-
-    sender: AbstractAsyncContextManager[Callable[[int], Awaitable[None]]]
-    receiver: AsyncIterator[int]
+def sav_factory() -> Any:
+    """A ``sav.channels`` 0.1 channel (untyped; it must be made in a running loop)."""
+    return importlib.import_module("sav.channels").Channel()
 
 
-def sav_channel_factory() -> Callable[[], SavChannel] | None:
-    """``sav.channels.Channel``, if installed (it must be called inside a running loop)."""
-    if importlib.util.find_spec("sav") is None or importlib.util.find_spec("sav.channels") is None:
-        return None
-    factory: Callable[[], SavChannel] = importlib.import_module("sav.channels").Channel
-    return factory
+async def itemize_each(
+    n: int, make: Callable[[], Any], many: bool = False, batch: int = 0
+) -> float:
+    """sav.channels and ours: ``async with sender as itemize``, read by ``async for``.
 
-
-async def sav_channels(tasks: Tasks, n: int) -> float:
-    factory = sav_channel_factory()
-    assert factory is not None
-    chan = factory()
+    ``many``: one ``itemize.many(range(n))``; ``batch``: read with ``receiver.batches(batch)``.
+    """
+    chan = make()
 
     async def consumer() -> None:
         total = 0
-        async for x in chan.receiver:
-            total += x
+        if batch:
+            async for items in chan.receiver.batches(batch):
+                for x in items:
+                    total += x
+        else:
+            async for x in chan.receiver:
+                total += x
         check_total(total, n)
 
     async def producer() -> None:
         async with chan.sender as itemize:
-            for i in range(n):
+            if many:
+                await itemize.many(range(n))
+            for i in range(0 if many else n):
                 await itemize(i)
 
-    return await tasks.pair(consumer, producer)
+    return await pair(consumer, producer)
 
 
-# --- Ours ----------------------------------------------------------------------------
-
-
-async def ours_single(tasks: Tasks, n: int) -> float:
-    chan: Channel[int] = Channel()
-
-    async def consumer() -> None:
-        total = 0
-        async for x in chan.receiver:
-            total += x
-        check_total(total, n)
-
-    async def producer() -> None:
-        async with chan.sender as itemize:
-            for i in range(n):
-                await itemize(i)
-
-    return await tasks.pair(consumer, producer)
-
-
-async def ours_duplex(tasks: Tasks, n: int) -> float:
+async def ours_duplex(n: int) -> float:
     """Round trips: the consumer answers each item with ``asend``, ``itemize`` returns it."""
     chan: Channel[int, int] = Channel()
 
     async def consumer() -> None:
-        receiver = chan.receiver
-        x = await anext(receiver)
-        total = x
+        total = x = await anext(chan.receiver)
         try:
             while True:
-                x = await receiver.asend(x + 1)
+                x = await chan.receiver.asend(x + 1)
                 total += x
         except StopAsyncIteration:
-            pass
-        check_total(total, n)
+            check_total(total, n)
 
     async def producer() -> None:
         async with chan.sender as itemize:
@@ -454,674 +303,383 @@ async def ours_duplex(tasks: Tasks, n: int) -> float:
                     raise BenchmarkError("wrong reply")
             await itemize(n - 1)  # the reply to the last item is the end of the stream
 
-    return await tasks.pair(consumer, producer)
+    return await pair(consumer, producer)
 
 
-async def ours_many(tasks: Tasks, n: int) -> float:
+async def ours_shared(n: int, producers: int) -> float:
+    """``producers`` tasks share one ``itemize``; ``n`` is rounded up to a multiple."""
     chan: Channel[int] = Channel()
-
-    async def consumer() -> None:
-        total = 0
-        async for x in chan.receiver:
-            total += x
-        check_total(total, n)
-
-    async def producer() -> None:
-        async with chan.sender as itemize:
-            await itemize.many(range(n))
-
-    return await tasks.pair(consumer, producer)
-
-
-async def ours_many_batches(tasks: Tasks, n: int) -> float:
-    chan: Channel[int] = Channel()
-
-    async def consumer() -> None:
-        total = 0
-        async for batch in chan.receiver.batches(256):
-            for x in batch:
-                total += x
-        check_total(total, n)
-
-    async def producer() -> None:
-        async with chan.sender as itemize:
-            await itemize.many(range(n))
-
-    return await tasks.pair(consumer, producer)
-
-
-async def ours_shared(tasks: Tasks, n: int) -> float:
-    chan: Channel[int] = Channel()
-
-    async def consumer() -> None:
-        total = 0
-        async for x in chan.receiver:
-            total += x
-        check_total(total, n)
+    rounded = -(-n // producers) * producers
 
     async def part(itemize: Itemize[int], first: int) -> None:
-        for i in range(first, n, PRODUCERS):
+        for i in range(first, rounded, producers):
             await itemize(i)
 
     async def producer() -> None:
         async with chan.sender as itemize:
-            await tasks.group([functools.partial(part, itemize, k) for k in range(PRODUCERS)])
+            await group([functools.partial(part, itemize, k) for k in range(producers)])
 
-    return await tasks.pair(consumer, producer)
-
-
-# --- The rows ------------------------------------------------------------------------
-
-Bench = Callable[[Tasks, int], Coroutine[Any, Any, float]]
+    return await consume(rounded, chan.receiver, producer) * n / rounded
 
 
-@dataclass(frozen=True)
-class Row:
-    key: str
-    label: str
-    bench: Bench
-    backends: tuple[str, ...] = ("asyncio", "uvloop", "trio")
-    fast: bool = False  # no task switch per item: run more items
-    anyio: bool = False  # run with anyio.run and anyio tasks
+async def live_channels(n: int, channels: int) -> float:
+    """``channels`` channels, each with its producer and consumer task, all alive at once.
 
-
-ASYNCIO_FAMILY = ("asyncio", "uvloop")
-FLOOR_LABEL = {
-    "asyncio": "floor: 2 tasks, 2 futures per item",
-    "uvloop": "floor: 2 tasks, 2 futures per item",
-    "trio": "floor: 2 tasks, wait_task_rescheduled/reschedule",
-}
-ROWS = (
-    Row("floor", "floor", floor_futures, ASYNCIO_FAMILY),
-    Row("floor", "floor", floor_trio, ("trio",)),
-    Row("agen", "in-task async generator (no hand-over)", in_task_generator, fast=True),
-    Row("queue", "asyncio.Queue(maxsize=1)", asyncio_queue, ASYNCIO_FAMILY),
-    Row("trio", "trio.open_memory_channel(0)", trio_channel, ("trio",)),
-    Row("anyio", "anyio memory object stream (0)", anyio_stream, anyio=True),
-    Row("aiochannel", "aiochannel.Channel(1)", aiochannel_channel, ASYNCIO_FAMILY),
-    Row("sav", "sav.channels 0.1", sav_channels, ASYNCIO_FAMILY),
-    Row("ours", "yieldchannel: itemize(x)", ours_single),
-    Row("duplex", "yieldchannel: asend round trip", ours_duplex),
-    Row("many", "yieldchannel: itemize.many(range)", ours_many, fast=True),
-    Row(
-        "batches", "yieldchannel: itemize.many, read by batches(256)", ours_many_batches, fast=True
-    ),
-    Row("shared", f"yieldchannel: {PRODUCERS} tasks share itemize", ours_shared),
-)
-
-
-@dataclass
-class Result:
-    row: Row
-    items: int
-    times: list[float] = field(default_factory=list)  # seconds per run
-    error: str | None = None
-
-    @property
-    def per_item(self) -> float:
-        """Median microseconds per item."""
-        return statistics.median(self.times) / self.items * 1e6
-
-    @property
-    def spread(self) -> tuple[float, float]:
-        return min(self.times) / self.items * 1e6, max(self.times) / self.items * 1e6
-
-
-def measure_once(backend: Backend, row: Row, n: int) -> float:
-    gc.collect()
-    if row.anyio:
-        return backend.run_anyio(lambda: row.bench(AnyioTasks(), n))
-    tasks = backend.tasks
-    return backend.run(lambda: row.bench(tasks, n))
-
-
-def run_rows(backend: Backend, settings: Settings, notes: list[str]) -> list[Result]:
-    results: list[Result] = []
-    for row in ROWS:
-        if backend.name not in row.backends:
-            continue
-        if row.key == "sav" and sav_channel_factory() is None:
-            if backend.name == "asyncio":
-                notes.append("sav.channels is not installed: no sav.channels rows.")
-            continue
-        n = settings.items * (settings.fast_factor if row.fast else 1)
-        if row.key == "shared":
-            n -= n % PRODUCERS
-        results.append(Result(row, n))
-    for result in results:  # warm up
-        try:
-            measure_once(backend, result.row, max(result.items // 10, PRODUCERS))
-        except Exception as exc:  # reported in the table; the run goes on
-            result.error = f"{type(exc).__name__}: {exc}"
-    for _ in range(settings.reps):  # interleaved, so that noise hits every row alike
-        for result in results:
-            if result.error is None:
-                try:
-                    result.times.append(measure_once(backend, result.row, result.items))
-                except Exception as exc:
-                    result.error = f"{type(exc).__name__}: {exc}"
-    return results
-
-
-# --- Memory of an idle channel -------------------------------------------------------
-
-
-def idle_bytes(make: Callable[[], object], count: int) -> float:
-    """Bytes allocated per object by ``make()``, with ``count`` of them kept alive."""
-    keep: list[object] = [None] * count  # the list itself is not counted
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(count):
-            keep[i] = make()
-        after = tracemalloc.get_traced_memory()[0]
-    finally:
-        tracemalloc.stop()
-    del keep
-    return (after - before) / count
-
-
-def idle_rows(settings: Settings, notes: list[str]) -> list[tuple[str, float]]:
-    count = settings.idle_channels
-    asyncio_backend = Backend("asyncio")
-    trio_backend = Backend("trio")
-
-    async def in_asyncio(make: Callable[[], object]) -> float:
-        return idle_bytes(make, count)
-
-    async def in_trio(make: Callable[[], object]) -> float:
-        return idle_bytes(make, count)
-
-    def ours() -> object:
-        return Channel[int]()
-
-    def queue() -> object:
-        return asyncio.Queue[int](maxsize=1)
-
-    def trio_pair() -> object:
-        return trio.open_memory_channel[int](0)
-
-    def anyio_pair() -> object:
-        return anyio.create_memory_object_stream[int](0)
-
-    def aio() -> object:
-        return aiochannel.Channel[int](1)
-
-    rows = [
-        ("yieldchannel Channel()", asyncio_backend.run(lambda: in_asyncio(ours))),
-        ("asyncio.Queue(maxsize=1)", asyncio_backend.run(lambda: in_asyncio(queue))),
-        ("trio.open_memory_channel(0), both ends", trio_backend.run(lambda: in_trio(trio_pair))),
-        ("anyio memory object stream (0), both ends", idle_bytes(anyio_pair, count)),
-        ("aiochannel.Channel(1)", asyncio_backend.run(lambda: in_asyncio(aio))),
-    ]
-    sav = sav_channel_factory()
-    if sav is not None:
-        rows.append(("sav.channels 0.1 Channel()", asyncio_backend.run(lambda: in_asyncio(sav))))
-    return rows
-
-
-# --- Many channels at once -----------------------------------------------------------
-
-
-@dataclass
-class ScaleResult:
-    channels: int
-    items_low: int
-    items_high: int
-    low: list[float] = field(default_factory=list)  # seconds per phase
-    high: list[float] = field(default_factory=list)
-    peak_bytes: int = 0
-
-    @property
-    def per_item(self) -> float:
-        """Microseconds per item: the difference of the medians cancels the phase overhead."""
-        extra = self.channels * (self.items_high - self.items_low)
-        return (statistics.median(self.high) - statistics.median(self.low)) / extra * 1e6
-
-
-async def crowd_of_channels(tasks: Tasks, result: ScaleResult, reps: int) -> None:
-    """Many channels, each with its own producer and consumer task, all alive at once.
-
-    All tasks are started and parked first (under tracemalloc, for the memory figure).
-    Then the producers are released together in timed phases, alternately sending
-    ``items_low`` and ``items_high`` items each; a phase ends when every producer's
-    last ``itemize`` of the phase has returned, that is when every consumer is waiting
-    for the next item. Both kinds of phase have the same overhead (waking the
-    producers, counting their arrivals), which the difference of the two cancels.
+    All tasks are started and parked untimed; then the producers are released in two
+    timed phases, of 1 and of 1 + ``extra`` items each: the difference of the two cancels
+    the cost of a release. The result is scaled to ``n`` items.
     """
-    channels = result.channels
-    plan = [result.items_low, result.items_high] * reps
-    gates = [tasks.gate() for _ in plan]
-    phase_ends = [tasks.gate() for _ in plan]
-    arrived = [0] * len(plan)
-    ready = received = 0
+    channels = min(channels, QUICK_CHANNELS) if "--quick" in sys.argv else channels
+    extra = -(-n // channels)
+    plan = (1, 1 + extra)
+    gates, ends = [gate() for _ in plan], [gate() for _ in plan]
+    arrived, times, received = [0, 0], [0.0, 0.0], [0]
 
     async def consumer(chan: Channel[int]) -> None:
-        nonlocal received
-        count = 0
         async for _ in chan.receiver:
-            count += 1
-        received += count
+            received[0] += 1
 
     async def producer(chan: Channel[int]) -> None:
-        nonlocal ready
         async with chan.sender as itemize:
-            ready += 1
             for phase, items in enumerate(plan):
                 await gates[phase].wait()
                 for i in range(items):
                     await itemize(i)
                 arrived[phase] += 1
                 if arrived[phase] == channels:
-                    phase_ends[phase].set()
+                    ends[phase].set()
 
     async def phases() -> None:
-        result.peak_bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        if ready != channels:
-            raise BenchmarkError(f"only {ready} of {channels} producers are ready")
-        gc.enable()  # the timed phases pay for garbage collection as usual,
-        gc.collect()  # but not for a collection owed by the setup
-        for phase, items in enumerate(plan):
+        if trio.lowlevel.in_trio_run():
+            await trio.testing.wait_all_tasks_blocked()
+        else:
+            for _ in range(3):  # every task runs up to its first wait
+                await asyncio.sleep(0)
+        gc.enable()  # the phases pay for garbage collection, but not for one owed by set-up
+        gc.collect()
+        for phase in (0, 1):
             start = time.perf_counter()
             gates[phase].set()
-            await phase_ends[phase].wait()
-            elapsed = time.perf_counter() - start
-            (result.low if items == result.items_low else result.high).append(elapsed)
+            await ends[phase].wait()
+            times[phase] = time.perf_counter() - start
         gc.disable()
 
-    # Creating and ending 200,000 tasks is not timed: spare it the garbage collector,
-    # which would otherwise walk the growing heap again and again.
     gc.collect()
-    gc.disable()
-    tracemalloc.start()
+    gc.disable()  # spare the creation of many tasks a collector walking the growing heap
     jobs: list[Job] = []
-    for _ in range(channels):
-        chan: Channel[int] = Channel()
+    for chan in [Channel[int]() for _ in range(channels)]:
         jobs += [functools.partial(consumer, chan), functools.partial(producer, chan)]
     try:
-        await tasks.crowd(jobs, phases)
+        await group([*jobs, phases])
     finally:
-        if tracemalloc.is_tracing():
-            tracemalloc.stop()
         gc.enable()
-    if received != channels * sum(plan):
-        raise BenchmarkError(f"{received} items received, not {channels * sum(plan)}")
+    if received[0] != channels * sum(plan):
+        raise BenchmarkError(f"{received[0]} items received, not {channels * sum(plan)}")
+    return max(times[1] - times[0], 1e-9) * n / (channels * extra)
 
 
-def scale_rows(backend: Backend, settings: Settings) -> list[ScaleResult]:
-    results = []
-    for channels, extra, reps in settings.scale:
-        result = ScaleResult(channels, 1, 1 + extra)
-        backend.run(functools.partial(crowd_of_channels, backend.tasks, result, reps))
-        results.append(result)
-    return results
+# --- The data: cases and targets -----------------------------------------------------------
 
 
-# --- Import time ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Row:
+    key: str
+    label: str
+    bench: Callable[[int], Coroutine[Any, Any, float]]  # (items) -> seconds
+    backends: tuple[str, ...] = ALL
+    base: str = "floor"  # the row it is compared with in the tables
+    anyio: bool = False  # run under anyio.run
+    counts: tuple[int, int] = COUNTS  # items in the two callgrind runs
+    pyperf: dict[str, int] = field(default_factory=dict)  # pyperf settings for this row
 
 
-def import_microseconds(module: str, runs: int) -> list[float]:
-    """Cumulative ``-X importtime`` microseconds of ``import module`` in fresh interpreters."""
+P = functools.partial
+trio_opener, anyio_opener = trio.open_memory_channel[int], anyio.create_memory_object_stream[int]
+LIVE = {"processes": 3, "values": 1, "warmups": 0, "loops": 200_000}  # set-up takes seconds
+# fmt: off
+ROWS = [  # key, label, bench, backends, then what differs from Row's defaults
+    Row("floor", "floor: 2 tasks, 2 futures per item", floor_futures, AIO),
+    Row("floor", "floor: wait_task_rescheduled/reschedule", floor_trio, TRIO),
+    Row("agen", "in-task async generator (no hand-over)", in_task_generator),
+    Row("queue", "asyncio.Queue(maxsize=1)", asyncio_queue, AIO),
+    Row("trio", "trio.open_memory_channel(0)", P(memory_channel, opener=trio_opener), TRIO),
+    Row("anyio", "anyio memory object stream (0)", P(memory_channel, opener=anyio_opener),
+        anyio=True),
+    Row("aiochannel", "aiochannel.Channel(1)", aiochannel_channel, AIO),
+    Row("sav", "sav.channels 0.1", P(itemize_each, make=sav_factory), AIO if HAVE_SAV else ()),
+    Row("ours", "yieldchannel: itemize(x)", P(itemize_each, make=Channel)),
+    Row("duplex", "yieldchannel: asend round trip", ours_duplex, base="ours"),
+    Row("many", "yieldchannel: itemize.many, async for", P(itemize_each, make=Channel, many=True),
+        base="agen"),
+    Row("batches", "yieldchannel: itemize.many, batches(256)",
+        P(itemize_each, make=Channel, many=True, batch=256), base="agen"),
+    Row("shared", "yieldchannel: 8 producers share itemize", P(ours_shared, producers=8)),
+    Row("shared1000", "yieldchannel: 1,000 producers share itemize",
+        P(ours_shared, producers=1_000), base="shared"),
+    Row("live1", "yieldchannel: 1 live channel", P(live_channels, channels=1)),
+    Row("live100k", "yieldchannel: 100,000 live channels", P(live_channels, channels=100_000),
+        base="live1", counts=(100_000, 200_000), pyperf=LIVE),
+]
+# fmt: on
+
+
+@dataclass(frozen=True)
+class Target:
+    what: str
+    backends: tuple[str, ...]
+    row: str  # a row key, or a key of the results ("idle": bytes, "import": ms)
+    base: str | None  # a row key: the target is on row / base; None: on the value of row
+    limit: float
+
+
+# fmt: off
+TARGETS = [
+    Target("itemize → __anext__ ≤ 1.10x floor", ("asyncio",), "ours", "floor", 1.10),
+    Target("itemize → __anext__ ≤ 1.25x floor", ("uvloop",), "ours", "floor", 1.25),
+    Target("itemize → __anext__ ≤ 1.05x trio.open_memory_channel(0)", TRIO, "ours", "trio", 1.05),
+    Target("asend round trip ≤ 1.03x single itemize", ALL, "duplex", "ours", 1.03),
+    Target("itemize.many, async for ≤ 3.0x in-task generator", ALL, "many", "agen", 3.0),
+    Target("itemize.many, batches(256) ≤ 1.5x in-task generator", ALL, "batches", "agen", 1.5),
+    Target("1,000 producers ≤ 1.10x 8 producers (O(1))", ALL, "shared1000", "shared", 1.10),
+    Target("100,000 live channels ≤ 1.3x one channel", ALL, "live100k", "live1", 1.3),
+    Target("idle channel ≤ 300 B", ("-",), "idle", None, 300),
+    Target("import channel ≤ 5 ms", ("-",), "import", None, 5),
+]
+IDLE: list[tuple[str, str, Callable[[], object]]] = [  # label, backend, factory
+    ("yieldchannel Channel()", "asyncio", Channel),
+    ("asyncio.Queue(maxsize=1)", "asyncio", lambda: asyncio.Queue[int](maxsize=1)),
+    ("trio.open_memory_channel(0), both ends", "trio", lambda: trio_opener(0)),
+    ("anyio memory object stream (0), both ends", "asyncio", lambda: anyio_opener(0)),
+    ("aiochannel.Channel(1)", "asyncio", lambda: aiochannel.Channel[int](1)),
+    *([("sav.channels 0.1 Channel()", "asyncio", sav_factory)] if HAVE_SAV else []),
+]
+# fmt: on
+NOTES = """\
+Rows: *floor* is the cheapest two-task hand-over written on the backend itself; the
+in-task async generator is the limit without a task switch. Every other row moves items
+from a producer task to a consumer task (`async for`). *asend round trip*: the consumer
+answers each item with `receiver.asend(x)`. *n producers share itemize*: n tasks call one
+`itemize` at once. *live channels*: each channel has its own two tasks, all alive at once;
+phases of 1 and of more items per channel, differenced. µs/item: pyperf's median;
+instructions/item: callgrind, difference of two item counts. anyio rows run under
+`anyio.run`. "x base" is the row's cost over its base row's, on the same backend."""
+
+
+# --- Measuring -------------------------------------------------------------------------------
+
+
+def measure(n: int, backend: str, row: Row) -> float:
+    """Seconds to move ``n`` items through ``row`` on ``backend``: pyperf's time function."""
+    gc.collect()
+    return run(backend, lambda: row.bench(n), row.anyio)
+
+
+def instructions(backend: str, row: Row) -> float:
+    """Instructions per item: the callgrind totals of two runs, differenced."""
+    totals = []
+    for n in row.counts:
+        command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
+        command += [sys.executable, __file__, "--count", f"{backend}/{row.key}", str(n)]
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+        totals.append(int(re.findall(r"Collected : (\d+)", done.stderr)[-1]))
+    return (totals[1] - totals[0]) / (row.counts[1] - row.counts[0])
+
+
+def idle_bytes(backend: str, make: Callable[[], object], count: int = 10_000) -> float:
+    async def allocate() -> float:
+        keep: list[object] = [None] * count  # the list itself is not counted
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            keep[i] = make()
+        after = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+        return (after - before) / count
+
+    return run(backend, allocate)
+
+
+def import_ms(module: str, runs: int) -> float:
+    """Median cumulative ``-X importtime`` of ``import module``: fresh interpreter, .pyc there."""
     command = [sys.executable, "-X", "importtime", "-c", f"import {module}"]
     writing = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    # Once with bytecode writing on, so that a .pyc exists: else we would time compiling.
     subprocess.run(command, cwd=ROOT, env=writing, check=True, capture_output=True)
     times = []
     for _ in range(runs):
         done = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-        for line in done.stderr.splitlines():
-            # "import time:  self [us] | cumulative | imported package"; top level unindented
-            parts = line.split("|")
-            if len(parts) == 3 and parts[2].rstrip() == f" {module}":
-                times.append(float(parts[1]))
-    if len(times) != runs:
-        raise BenchmarkError(f"no import time for {module!r} in the -X importtime output")
-    return times
+        lines = done.stderr.splitlines()
+        times += [float(line.split("|")[1]) for line in lines if line.endswith(f"| {module}")]
+    return statistics.median(times) / 1000
 
 
-# --- Report ----------------------------------------------------------------------------
+# --- Report ----------------------------------------------------------------------------------
 
 
-def verdict(value: float, limit: float) -> str:
-    return "PASS" if value <= limit else "MISS"
-
-
-@dataclass
-class Target:
-    description: str
-    figure: str
-    passed: bool
-
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int]) -> list[str]:
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A markdown table that reads as text too: padded, numbers right-aligned."""
+    numeric = [[re.fullmatch(r"-|[\d.,]+", cell) is not None for cell in row] for row in rows]
+    right = {i for i in range(len(header)) if all(row[i] for row in numeric)}
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
-    def line(cells: Sequence[str]) -> str:
-        padded = [
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i])
-            for i, cell in enumerate(cells)
+    def pad(row: Sequence[str]) -> list[str]:
+        return [
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
         ]
-        return "| " + " | ".join(padded) + " |"
 
-    rule = [("-" * (w - 1) + ":") if i in right else "-" * w for i, w in enumerate(widths)]
-    return [line(header), "| " + " | ".join(rule) + " |", *(line(row) for row in rows)]
+    cells = [pad(row) for row in [header, ["-" * w for w in widths], *rows]]
+    cells[1] = [c[:-1] + ":" if i in right else c for i, c in enumerate(cells[1])]
+    return ["| " + " | ".join(row) + " |" for row in cells]
 
 
-def backend_table(
-    backend: Backend, results: list[Result], settings: Settings, targets: list[Target]
-) -> list[str]:
-    by_key = {r.row.key: r for r in results if r.error is None}
-    floor = by_key["floor"].per_item if "floor" in by_key else float("nan")
-    limits = {"asyncio": 1.15, "uvloop": 1.30}
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def ratio(data: dict[str, float], backend: str, row: str, base: str) -> float | None:
+    top, bottom = data.get(f"{backend}/{row}"), data.get(f"{backend}/{base}")
+    return None if top is None or bottom is None else top / bottom
+
+
+def report(results: dict[str, Any], out: Path) -> None:
+    times, counts = results["us_per_item"], results["instructions_per_item"]
+    lines = ["# yieldchannel benchmarks", "", *results["about"], "", NOTES, ""]
+    header = ["row", "µs/item", "instructions/item", "x base (instr.)", "x base (time)", "base"]
+    for backend in ALL:
+        rows = [
+            [row.label, fmt(times.get(name), ".3f"), fmt(counts.get(name), ",.0f"),
+             fmt(ratio(counts, backend, row.key, row.base), ".2f"),
+             fmt(ratio(times, backend, row.key, row.base), ".2f"), row.base]
+            for row in ROWS
+            if backend in row.backends and ((name := f"{backend}/{row.key}") in times)
+        ]  # fmt: skip
+        lines += [f"### {backend}", "", *table(header, rows), ""] if rows else []
     rows = []
-    for result in results:
-        label = FLOOR_LABEL[backend.name] if result.row.key == "floor" else result.row.label
-        if result.error is not None:
-            rows.append([label, "failed", "", "", result.error[:60]])
-            continue
-        per_item = result.per_item
-        low, high = result.spread
-        target = ""
-        key = result.row.key
-        if key == "ours" and backend.name in limits:
-            limit = limits[backend.name]
-            ratio = per_item / floor
-            target = f"≤ {limit:.2f}x floor: {verdict(ratio, limit)}"
-            targets.append(
-                Target(
-                    f"single item, {backend.name} ≤ {limit:.2f}x floor",
-                    f"{ratio:.2f}x",
-                    ratio <= limit,
-                )
-            )
-        elif key == "ours" and "trio" in by_key:
-            ratio = per_item / by_key["trio"].per_item
-            target = f"≤ 1.10x trio channel: {verdict(ratio, 1.10)} ({ratio:.2f}x)"
-            targets.append(
-                Target(
-                    "single item, trio ≤ 1.10x trio.open_memory_channel(0)",
-                    f"{ratio:.2f}x",
-                    ratio <= 1.10,
-                )
-            )
-        elif key == "many" and "agen" in by_key:
-            ratio = per_item / by_key["agen"].per_item
-            target = f"≤ 2.0x in-task generator: {verdict(ratio, 2.0)} ({ratio:.2f}x)"
-            targets.append(
-                Target(
-                    f"itemize.many, {backend.name} ≤ 2.0x in-task async generator",
-                    f"{ratio:.2f}x",
-                    ratio <= 2.0,
-                )
-            )
-        rows.append(
-            [label, f"{per_item:.3f}", f"{low:.3f}-{high:.3f}", f"{per_item / floor:.2f}", target]
-        )
-    fast = settings.items * settings.fast_factor
-    title = (
-        f"### {backend.name}: µs per item, median of {settings.reps} "
-        f"({settings.items:,} items per run; {fast:,} for the rows without a task switch)"
-    )
-    header = ["implementation", "µs/item", "min-max", "x floor", "target"]
-    return [title, "", *table(header, rows, right=(1, 2, 3)), ""]
+    for target in TARGETS:
+        for backend in target.backends:
+            if target.base is None:  # a value, not a ratio
+                by_count, by_time = None, results[target.row]
+            else:
+                by_count = ratio(counts, backend, target.row, target.base)
+                by_time = ratio(times, backend, target.row, target.base)
+            if (value := by_time if by_count is None else by_count) is None:
+                continue  # not measured in this run
+            verdict = "PASS" if value <= target.limit else "MISS"
+            verdict += " (by time)" if by_count is None and target.base is not None else ""
+            rows.append([target.what, backend, fmt(by_count, ".3f"), fmt(by_time, ".4g"), verdict])
+    header = ["target", "backend", "by instructions", "by time (or value)", "verdict"]
+    lines += ["### Targets (instruction counts decide, time confirms)", "", *table(header, rows)]
+    idle = [[k, f"{v:,.0f}"] for k, v in results["idle_bytes"].items()]
+    lines += ["", "### Memory per idle channel (tracemalloc, 10,000 alive)", ""]
+    lines += [*table(["implementation", "bytes"], idle), ""]
+    imports = [[f"import {k}", f"{v:.2f}"] for k, v in results["import_ms"].items()]
+    lines += ["### Import time (`-X importtime`, cumulative, median)", ""]
+    lines += [*table(["module", "ms"], imports), "", "![cost per item](results.png)", ""]
+    (out / "results.md").write_text("\n".join(lines), encoding="utf-8")
 
 
-def scale_table(
-    backend: Backend, results: list[ScaleResult], settings: Settings, targets: list[Target]
-) -> list[str]:
-    single = results[0].per_item
-    rows = []
-    for result in results:
-        ratio = result.per_item / single
-        target = ""
-        if result is results[-1] and len(results) > 1:
-            target = f"≤ 1.3x 1 channel: {verdict(ratio, 1.3)}"
-            targets.append(
-                Target(
-                    f"{result.channels:,} live channels, {backend.name} ≤ 1.3x one channel",
-                    f"{ratio:.2f}x",
-                    ratio <= 1.3,
-                )
-            )
-        rows.append(
-            [
-                f"{result.channels:,}",
-                f"{result.items_low} vs {result.items_high}",
-                f"{len(result.high)}",
-                f"{result.per_item:.3f}",
-                f"{ratio:.2f}",
-                f"{result.peak_bytes / 2**20:.1f}",
-                f"{result.peak_bytes / result.channels:,.0f}",
-                target,
-            ]
-        )
-    title = f"### {backend.name}: many channels at once (yieldchannel)"
-    header = [
-        "channels",
-        "items/channel per phase",
-        "phases of each",
-        "µs/item",
-        "x 1 channel",
-        "peak MiB",
-        "peak B/channel",
-        "target",
-    ]
-    return [title, "", *table(header, rows, right=(0, 1, 2, 3, 4, 5, 6)), ""]
-
-
-def machine() -> list[str]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    versions = []
-    for dist in ("trio", "anyio", "uvloop", "aiochannel", "sav.channels"):
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            versions.append(f"{dist} {importlib.metadata.version(dist)}")
-    return [
-        f"- Machine: {cpu}, {os.cpu_count()} cores ({usable} usable), {platform.system()} "
-        f"{platform.release()}",
-        f"- Python {platform.python_version()} ({platform.python_implementation()}), "
-        + ", ".join(versions),
-        f"- Measured: `{ROOT.name}/channel.py` at {source_revision()}, "
-        f"{time.strftime('%Y-%m-%d %H:%M %Z')}",
-    ]
-
-
-def source_revision() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "channel.py"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "an unknown revision"
-    return f"commit {head}" + (" with local changes" if dirty else "")
-
-
-COLORS = {  # the baselines in blues, the peers in muted colours, yieldchannel in reds
-    "floor": "#1f77b4",
-    "agen": "#aec7e8",
-    "queue": "#7f7f7f",
-    "trio": "#8c564b",
-    "anyio": "#bcbd22",
-    "aiochannel": "#17becf",
-    "sav": "#9467bd",
-    "ours": "#d62728",
-    "duplex": "#ff7f0e",
-    "many": "#ff9896",
-    "batches": "#c49c94",
-    "shared": "#e377c2",
-}
-
-
-def plot(all_results: dict[str, list[Result]], path: Path) -> None:
-    """Bars of µs per item: one group per backend, one colour per implementation."""
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Bars per backend, one colour per row: µs per item, and instructions if counted."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    width = 0.09
-    fig, ax = plt.subplots(figsize=(12, 6.5))
-    labelled: set[str] = set()
-    for group, results in enumerate(all_results.values()):
-        shown = [result for result in results if result.error is None]
-        for i, result in enumerate(shown):
-            key = result.row.key
-            x = group + (i - (len(shown) - 1) / 2) * width
-            label = (
-                ("floor" if key == "floor" else result.row.label) if key not in labelled else None
-            )
-            labelled.add(key)
-            bars = ax.bar(
-                [x],
-                [result.per_item],
-                width * 0.95,
-                label=label,
-                color=COLORS[key],
-            )
-            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(all_results)), list(all_results))
-    ax.set_ylabel("µs per item (median; lower is better)")
-    ax.set_title("yieldchannel and peers: cost per item, per backend")
-    ax.legend(fontsize=8, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.07))
-    ax.grid(axis="y", alpha=0.3)
+    kinds = [(k, unit) for k, unit in [("us_per_item", "µs"), ("instructions_per_item", "instr.")]
+             if results[k]]  # fmt: skip
+    fig, axes = plt.subplots(len(kinds), 1, figsize=(12, 1 + 4 * len(kinds)), squeeze=False)
+    keys, colors = list(dict.fromkeys(row.key for row in ROWS)), plt.get_cmap("tab20")
+    for ax, (kind, unit) in zip(axes[:, 0], kinds, strict=True):
+        for k, key in enumerate(keys):
+            shown = [(b, results[kind][f"{name}/{key}"]) for b, name in enumerate(ALL)
+                     if f"{name}/{key}" in results[kind]]  # fmt: skip
+            if not shown:
+                continue
+            xs = [b + (k - len(keys) / 2) * 0.055 for b, _ in shown]
+            ax.bar(xs, [value for _, value in shown], 0.05, label=key, color=colors(k % 20))
+        ax.set_xticks(range(len(ALL)), ALL)
+        ax.set_ylabel(f"{unit} per item (lower is better)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0, 0].set_title("yieldchannel and peers: cost per item, per backend")
+    axes[-1, 0].legend(fontsize=8, ncols=8, loc="upper center", bbox_to_anchor=(0.5, -0.08))
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def idle_table(settings: Settings, notes: list[str], targets: list[Target]) -> list[str]:
-    rows = []
-    for label, size in idle_rows(settings, notes):
-        target = ""
-        if label.startswith("yieldchannel"):
-            target = f"≤ 300 B: {verdict(size, 300)}"
-            targets.append(Target("idle channel ≤ 300 bytes", f"{size:.0f} B", size <= 300))
-        rows.append([label, f"{size:,.0f}", target])
+def about() -> list[str]:
+    def git(*command: str) -> str:
+        env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # read only: not even the index
+        done = subprocess.run(
+            ["git", *command], cwd=ROOT, env=env, capture_output=True, check=False
+        )
+        return f"{done.returncode}:{done.stdout.decode().strip()}"
+
+    revision = git("rev-parse", "--short", "HEAD").partition(":")[2] or "unknown"
+    if not git("diff", "--quiet", "HEAD", "--", "channel.py").startswith("0:"):
+        revision += " with local changes"
+    cpu, system = platform.processor() or platform.machine(), platform.platform(terse=True)
     return [
-        f"### Memory per idle channel (tracemalloc, {settings.idle_channels:,} kept alive)",
-        "",
-        *table(["implementation", "bytes", "target"], rows, right=(1,)),
-        "",
-    ]
-
-
-ROWS_NOTE = (
-    "Rows: *floor* is the cheapest two-task hand-over written directly on the backend "
-    "(asyncio, uvloop: a producer and a consumer task and two futures per item; trio: "
-    "`wait_task_rescheduled`/`reschedule`), the in-task async generator is the limit without "
-    "any task switch. Every row moves the same items from a producer task to a consumer task "
-    "(`async for`), except the in-task generator. *asend round trip*: the consumer answers "
-    "each item with `receiver.asend(x)`, which `await itemize(...)` returns. "
-    "*itemize.many(range)*: the consumer pulls the items of a `range` in its own task. "
-    f"*{PRODUCERS} tasks share itemize*: {PRODUCERS} producer tasks call one `itemize` at "
-    "once, so the consumer usually finds an item waiting and does not park (fewer task "
-    "switches than the floor). anyio rows run under `anyio.run` on the same backend."
-)
-
-
-SCALE_NOTE = (
-    "Many channels: each channel has its own producer and consumer task, all alive at once. "
-    "All tasks are started and parked before the clock starts; then the producers are "
-    "released together in timed phases of a few items each, alternating two phase lengths "
-    "(items/channel). µs/item is the difference of the median phase times divided by the "
-    "extra items, so the cost of releasing the producers cancels out. Peak memory: "
-    "tracemalloc peak (Python allocations, not RSS) from before the channels were created "
-    "until all tasks were parked, tasks and coroutine frames included."
-)
-
-
-def import_table(settings: Settings, targets: list[Target]) -> list[str]:
-    rows = []
-    for module in ("channel", "anyio", "trio"):
-        times = import_microseconds(module, settings.import_runs)
-        ms = statistics.median(times) / 1000
-        target = ""
-        if module == "channel":
-            target = f"≤ 5 ms: {verdict(ms, 5)}"
-            targets.append(Target("`import channel` ≤ 5 ms", f"{ms:.2f} ms", ms <= 5))
-        rows.append([f"import {module}", f"{ms:.2f}", f"{min(times) / 1000:.2f}", target])
-    return [
-        "### Import time (`-X importtime` cumulative, fresh interpreter, .pyc present, "
-        f"median of {settings.import_runs})",
-        "",
-        *table(["module", "ms", "min ms", "target"], rows, right=(1, 2)),
-        "",
+        f"- {cpu}, {os.cpu_count()} cores, {system}; Python {platform.python_version()}, "
+        f"pyperf {pyperf.__version__}; channel.py at {revision}",
+        f"- Command: `python benchmarks/{' '.join([Path(__file__).name, *sys.argv[1:]])}`",
     ]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
-    parser.add_argument(
-        "--out",
-        type=Path,
-        help="where to write results.md and results.png (default: benchmarks/ for a full run, "
-        "a temporary directory for --quick, so that the committed results stay full ones)",
-    )
-    args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
-    out: Path = args.out or (
-        Path(tempfile.gettempdir()) / "yieldchannel-bench-quick" if args.quick else HERE
-    )
-    began = time.perf_counter()
-    notes: list[str] = []
-    targets: list[Target] = []
-    command = "python benchmarks/bench.py" + (" --quick" if args.quick else "")
-    lines: list[str] = []
+    if sys.argv[1:2] == ["--count"]:  # one row, for callgrind: --count BACKEND/KEY ITEMS
+        backend, key = sys.argv[2].split("/")
+        measure(
+            int(sys.argv[3]),
+            backend,
+            next(r for r in ROWS if r.key == key and backend in r.backends),
+        )
+        return 0  # fmt: skip
 
-    def emit(block: list[str]) -> None:
-        lines.extend(block)
-        print("\n".join(block), flush=True)
+    def pass_on(cmd: list[str], args: Any) -> None:  # our options, for pyperf's workers
+        cmd += (["--only", args.only] if args.only else []) + (["--quick"] if args.quick else [])
 
-    emit(["# yieldchannel benchmarks", "", *machine(), ""])
-    emit([f"Command: `{command}`. Times are wall-clock per item; lower is better.", ""])
-    emit([ROWS_NOTE, ""])
-    backends = available_backends(notes)
-    all_results: dict[str, list[Result]] = {}
-    for backend in backends:
-        all_results[backend.name] = run_rows(backend, settings, notes)
-        emit(backend_table(backend, all_results[backend.name], settings, targets))
-    emit(idle_table(settings, notes, targets))
-    for backend in backends:
-        emit(scale_table(backend, scale_rows(backend, settings), settings, targets))
-    emit([SCALE_NOTE, ""])
-    emit(import_table(settings, targets))
-    target_rows = [[t.description, t.figure, "PASS" if t.passed else "MISS"] for t in targets]
-    emit(["### Targets", "", *table(["target", "measured", ""], target_rows, right=(1,)), ""])
-
+    runner = pyperf.Runner(processes=8, add_cmdline_args=pass_on)
+    parser = runner.argparser
+    parser.add_argument("--quick", action="store_true", help="smoke run: one short value per row")
+    parser.add_argument("--instructions", action="store_true", help="also count instructions")
+    parser.add_argument("--only", help="comma-separated rows (BACKEND/KEY, e.g. asyncio/ours)")
+    parser.add_argument("--out", type=Path, help="output directory (default: benchmarks/)")
+    args = runner.parse_args()
+    out: Path = args.out or (Path(tempfile.mkdtemp()) if args.quick else Path(__file__).parent)
+    have_uvloop = importlib.util.find_spec("uvloop") is not None
+    chosen = [(b, r) for r in ROWS for b in r.backends if (b != "uvloop" or have_uvloop)
+              and (not args.only or f"{b}/{r.key}" in args.only.split(","))]  # fmt: skip
+    benchmarks, defaults = [], vars(args).copy()
+    for backend, row in chosen:
+        if not args.worker:  # the workers get these settings on their command line
+            vars(args).update(defaults | row.pyperf | (QUICK if args.quick else {}))
+        bench = runner.bench_time_func(f"{backend}/{row.key}", measure, backend, row)
+        benchmarks += [bench] if bench is not None and not args.worker else []
+    if args.worker:
+        return 0
+    results: dict[str, Any] = {"about": about(), "instructions_per_item": {}}
+    results["us_per_item"] = {b.get_name(): b.median() * 1e6 for b in benchmarks}
+    if args.instructions:
+        with ThreadPoolExecutor(os.cpu_count()) as pool:  # counts do not mind sharing
+            counted = pool.map(lambda chosen_row: instructions(*chosen_row), chosen)
+            names = [f"{b}/{r.key}" for b, r in chosen]
+            results["instructions_per_item"] = dict(zip(names, counted, strict=True))
+    results["idle_bytes"] = {label: idle_bytes(b, make) for label, b, make in IDLE}
+    results["idle"] = results["idle_bytes"]["yieldchannel Channel()"]
+    modules = ("channel", "anyio", "trio")
+    results["import_ms"] = {m: import_ms(m, 3 if args.quick else 9) for m in modules}
+    results["import"] = results["import_ms"]["channel"]
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "results.md"]
-    if importlib.util.find_spec("matplotlib") is not None:
-        plot(all_results, out / "results.png")
-        written.append(out / "results.png")
-        lines += ["![µs per item per implementation and backend](results.png)", ""]
-    else:
-        notes.append("matplotlib is not installed: no results.png.")
-    if notes:
-        emit(["Notes:", "", *(f"- {note}" for note in notes), ""])
-    (out / "results.md").write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
-    print("Wrote " + " and ".join(str(path) for path in written))
-    print(f"Total time: {time.perf_counter() - began:.0f} s")
-    failed = any(r.error is not None for results in all_results.values() for r in results)
-    return 1 if failed else 0
+    pyperf.BenchmarkSuite(benchmarks).dump(str(out / "timings.json"), replace=True)
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    report(results, out)
+    plot(results, out / "results.png")
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"Wrote results.md, results.png, results.json and timings.json (pyperf) to {out}")
+    return 0
 
 
 if __name__ == "__main__":
