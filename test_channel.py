@@ -587,19 +587,20 @@ async def test_an_exception_group_with_other_errors_is_not_absorbed() -> None:
 @pytest.mark.anyio
 async def test_cancelling_itemize_before_the_item_was_taken_withdraws_it() -> None:
     c: Channel[str] = Channel()
+    withdrawn = anyio.Event()
 
     async def producer() -> None:
         async with c.sender as itemize:
             with anyio.move_on_after(0.01) as scope:
                 await itemize("withdrawn")
             assert scope.cancelled_caught
+            withdrawn.set()
             await itemize("kept")
 
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(producer)
-            await wait_until(lambda: c.sender._state.end is None and _waiting_itemize(c) == 0)
-            await anyio.sleep(0.05)
+            await withdrawn.wait()
             assert await collect(c.receiver) == ["kept"]
 
 
@@ -3365,10 +3366,6 @@ async def test_a_finished_channel_leaves_no_reference_cycles() -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
-
-
-def _waiting_itemize(c: Channel[Any]) -> int:
-    return c.statistics().producers_waiting
 
 
 # --- The examples the original documentation gives -----------------------------------
