@@ -304,7 +304,12 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
     """
 
     async def itemize(item: object, /) -> Any:
-        if state.thread != _get_ident() or state.end is not None or state.receiver_closed:
+        if (
+            state.thread != _get_ident()
+            or state.end is not None
+            or state.receiver_closed
+            or (state.trio is None and not state.run.is_running())
+        ):
             state.check_send()
         trio = state.trio
         waiter: Any = state.run.create_future() if trio is None else trio.current_task()
@@ -329,12 +334,16 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
             error = carried.error
         except BaseException:
             state.withdraw(waiter)  # on trio, already done when the wait was aborted
-            state.check_run()  # an asyncio future awaited in another loop raises
             raise
         raise error
 
     async def many(items: Iterable[Any], /) -> Any:
-        if state.thread != _get_ident() or state.end is not None or state.receiver_closed:
+        if (
+            state.thread != _get_ident()
+            or state.end is not None
+            or state.receiver_closed
+            or (state.trio is None and not state.run.is_running())
+        ):
             state.check_send()
         source = _Source(iter(items))
         waiter = state.waiter()
@@ -407,6 +416,7 @@ class Receiver(Generic[T_co, R_contra]):
             or state.end is not None
             or state.receiver_closed
             or state.receiver_waiting is not None
+            or (state.trio is None and not state.run.is_running())
         ):
             state.check_receive()  # raises, unless the stream has not started or has ended
         if state.stash is not _NOTHING:
@@ -442,7 +452,6 @@ class Receiver(Generic[T_co, R_contra]):
                     item = await waiter
                 except BaseException:
                     state.receiver_cancelled(waiter)
-                    state.check_run()  # an asyncio future awaited in another loop raises
                     raise
             else:
                 state.receiver_waiting = trio.current_task()
@@ -889,7 +898,6 @@ class _State:
             raise
         except BaseException:
             self.withdraw(waiter)
-            self.check_run()  # an asyncio future awaited in another loop raises
             raise
 
     def waiting(self, waiter: Any) -> bool:
@@ -1084,10 +1092,10 @@ class _State:
     def check_run(self) -> None:
         """Bind the channel on first use; refuse another event loop afterwards.
 
-        The hot paths only compare the thread, which is cheap. The same thread can
-        run another loop later: there a trio channel has ended (a trio run waits for
-        all its tasks), and an asyncio future of another loop fails when awaited, so
-        the paths that park call this again when their wait fails.
+        The hot paths only compare the thread and, on asyncio, ask whether the bound
+        loop runs (one thread runs one loop at a time). On trio that suffices: a
+        trio run waits for all its tasks, so a channel bound to a run that is over
+        has ended, or has not started (a receiver then takes this path).
         """
         if self.backend is None:
             self.backend = _running_backend()

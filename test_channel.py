@@ -953,6 +953,37 @@ def test_a_channel_used_from_a_second_event_loop_is_refused(first: str, second: 
     _run_on(second, use_again)
 
 
+@pytest.mark.parametrize("flavour", ["asyncio", "uvloop"])
+def test_a_second_loop_taking_turns_in_the_same_thread_is_refused(flavour: str) -> None:
+    """Neither takes an item nor resumes the producer parked in the first loop."""
+    c: Channel[int] = Channel()
+    new_loop = uvloop.new_event_loop if flavour == "uvloop" else asyncio.new_event_loop
+    first, second = new_loop(), new_loop()
+
+    async def produce() -> None:
+        async with c.sender as itemize:
+            await itemize(1)
+            await itemize(2)
+
+    async def take() -> int:
+        return await anext(c.receiver)
+
+    try:
+        task = first.create_task(produce())
+        assert first.run_until_complete(take()) == 1
+        for _ in range(2):
+            with pytest.raises(ChannelError, match="belongs to another event loop"):
+                second.run_until_complete(take())
+            first.run_until_complete(asyncio.sleep(0))
+            assert c.statistics() == ChannelStatistics("open", False, 1, 1)
+        assert first.run_until_complete(take()) == 2
+        c.receiver.close()
+        first.run_until_complete(task)
+    finally:
+        first.close()
+        second.close()
+
+
 def test_a_channel_used_from_a_loop_in_another_thread_is_refused() -> None:
     c: Channel[int] = Channel()
     bound = threading.Event()
