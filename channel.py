@@ -304,7 +304,7 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
     """
 
     async def itemize(item: object, /) -> Any:
-        if (
+        if (  # `outside_run()` is inlined here and in `asend`: the hot paths
             state.thread != _get_ident()
             or state.end is not None
             or state.receiver_closed
@@ -338,12 +338,7 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
         raise error
 
     async def many(items: Iterable[Any], /) -> Any:
-        if (
-            state.thread != _get_ident()
-            or state.end is not None
-            or state.receiver_closed
-            or (state.trio is None and not state.run.is_running())
-        ):
+        if state.outside_run() or state.end is not None or state.receiver_closed:
             state.check_send()
         source = _Source(iter(items))
         waiter = state.waiter()
@@ -1043,8 +1038,8 @@ class _State:
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
         self.source = None  # a `many` call closes its own iterator
-        for waiter in [producer] if producer is not None else []:
-            self.fail(waiter, _receiver_closed())
+        if producer is not None:
+            self.fail(producer, _receiver_closed())
         for waiter, _ in queue or ():
             self.fail(waiter, _receiver_closed())
 
@@ -1088,6 +1083,10 @@ class _State:
             "asend() with a value before the first item: no itemize is waiting for "
             "a reply yet; ask for the first item with anext() or asend(None)"
         )
+
+    def outside_run(self) -> bool:
+        """Whether the caller may run outside the bound loop or trio run: then ``check_run``."""
+        return self.thread != _get_ident() or (self.trio is None and not self.run.is_running())
 
     def check_run(self) -> None:
         """Bind the channel on first use; refuse another event loop afterwards.
