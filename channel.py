@@ -49,24 +49,14 @@ if TYPE_CHECKING:
         AsyncIterator,
         Awaitable,
         Callable,
+        Coroutine,
         Generator,
         Iterable,
         Iterator,
-        Sequence,
     )
     from contextlib import AbstractAsyncContextManager
     from types import TracebackType
-    from typing import (
-        Any,
-        Concatenate,
-        Generic,
-        ParamSpec,
-        Protocol,
-        Self,
-        TypeGuard,
-        final,
-        overload,
-    )
+    from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, final, overload
 
     # typing_extensions for PEP 696 defaults: `Channel[int]` means `Channel[int, None]`.
     # Only type checkers read this; they ship typing_extensions' stubs.
@@ -276,21 +266,13 @@ class Sender(Generic[T_contra, R_co]):
         state.end = None
         return _itemize_of(state)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> bool:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
         state = self._state
-        if exc is None:
-            state.end_stream(_CLEAN_END)
+        if exc is not None and not (state.receiver_closed and _only_receiver_closed(exc)):
+            state.end_stream(exc)
             return False
-        if state.receiver_closed and _only_receiver_closed(exc):
-            state.end_stream(_CLEAN_END)
-            return True
-        state.end_stream(exc)
-        return False
+        state.end_stream(_CLEAN_END)
+        return exc is not None  # absorbs the receiver's stop signal
 
     def __repr__(self) -> str:
         return f"<Sender of channel {self._state.statistics()}>"
@@ -354,7 +336,9 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
             # Whatever else stopped the delegation, the iterator is closed here, in
             # the producer, as `yield from` closes it: what close() raises comes out
             # of this call, and no other task's wake-up can be lost to it.
-            _close_iterator(source.iterator)
+            close = getattr(source.iterator, "close", None)
+            if close is not None:
+                close()
             raise
         raise error
 
@@ -523,12 +507,7 @@ class Receiver(Generic[T_co, R_contra]):
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._state.close_receiver()
 
     def __repr__(self) -> str:
@@ -569,7 +548,7 @@ class ChannelStatistics:
         items_delivered: How many items the receiver has taken.
     """
 
-    __slots__ = ("items_delivered", "producers_waiting", "receiver_waiting", "state")
+    __slots__ = ("state", "receiver_waiting", "producers_waiting", "items_delivered")  # noqa: RUF023 - repr's order
 
     def __init__(
         self, state: str, receiver_waiting: bool, producers_waiting: int, items_delivered: int
@@ -596,11 +575,8 @@ class ChannelStatistics:
         return ", ".join(parts)
 
     def __repr__(self) -> str:
-        return (
-            f"ChannelStatistics(state={self.state!r}, receiver_waiting={self.receiver_waiting}, "
-            f"producers_waiting={self.producers_waiting}, "
-            f"items_delivered={self.items_delivered})"
-        )
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"ChannelStatistics({fields})"
 
 
 def producer(
@@ -639,33 +615,23 @@ def producer(
     """
 
     def start(*args: P.args, **kwargs: P.kwargs) -> _Producing[T, Reply]:
-        return _Producing(function, args, kwargs)
+        return _Producing(lambda itemize: function(itemize, *args, **kwargs))
 
-    start.__name__ = function.__name__
-    start.__qualname__ = function.__qualname__
-    start.__doc__ = function.__doc__
-    start.__module__ = function.__module__
-    start.__wrapped__ = function  # type: ignore[attr-defined]
-    return start
+    from functools import update_wrapper  # here, not at import: it is rarely needed
+
+    return update_wrapper(start, function)
 
 
 @final
 class _Producing(Generic[T, R]):
     """The async context manager that a :func:`producer` function returns."""
 
-    __slots__ = ("_args", "_cancelled", "_channel", "_function", "_kwargs", "_tasks")
+    __slots__ = ("_cancelled", "_channel", "_function", "_tasks")
     _tasks: _TaskGroup  # set by __aenter__(), with:
     _cancelled: type[BaseException]  # the backend's cancellation exception
 
-    def __init__(
-        self,
-        function: Callable[..., Awaitable[None]],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._function = function
-        self._args = args
-        self._kwargs = kwargs
+    def __init__(self, function: Callable[[Itemize[T, R]], Awaitable[None]]) -> None:
+        self._function = function  # the producer function, its other arguments bound
         self._channel: Channel[T, R] | None = None
 
     async def __aenter__(self) -> Receiver[T, R]:
@@ -687,7 +653,7 @@ class _Producing(Generic[T, R]):
         try:
             async with self._channel.sender as itemize:
                 await self._channel._state.wait_for_first_ask()  # pyright: ignore[reportPrivateUsage]
-                await self._function(itemize, *self._args, **self._kwargs)
+                await self._function(itemize)
         except BaseExceptionGroup as group:
             if not self._channel.receiver._state.receiver_closed:  # pyright: ignore[reportPrivateUsage]
                 raise
@@ -697,12 +663,7 @@ class _Producing(Generic[T, R]):
             assert errors is not None  # a group of nothing else was absorbed
             raise errors from errors.__cause__
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._channel is not None
         state = self._channel._state  # pyright: ignore[reportPrivateUsage]
         in_itemize = state.delivered is not None or bool(state.queue)
@@ -733,7 +694,7 @@ class _Producing(Generic[T, R]):
         finally:
             del error, errors  # no reference cycle through this frame
 
-    def _what_to_raise(self, errors: Sequence[BaseException]) -> list[BaseException]:
+    def _what_to_raise(self, errors: list[BaseException]) -> list[BaseException]:
         """The exceptions the consumer should see, from the producer's and its own.
 
         Both sides' exceptions, a cancellation included, without the SenderFailed
@@ -766,13 +727,8 @@ def _exception_of(typ: object, val: object, tb: TracebackType | None) -> BaseExc
 
 def _only_receiver_closed(exc: BaseException) -> bool:
     """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
-    if _is_group(exc):
-        return exc.split(ReceiverClosed)[1] is None
-    return isinstance(exc, ReceiverClosed)
-
-
-def _is_group(exc: BaseException) -> TypeGuard[BaseExceptionGroup[BaseException]]:
-    return isinstance(exc, BaseExceptionGroup)
+    # Wrapped, so that one split answers for a lone exception and a (nested) group.
+    return BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1] is None
 
 
 # --- The shared state ------------------------------------------------------------
@@ -808,12 +764,6 @@ class _Source:
 
     def __init__(self, iterator: Iterator[Any]) -> None:
         self.iterator = iterator
-
-
-def _close_iterator(iterator: object) -> None:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        close()
 
 
 class _State:
@@ -855,24 +805,18 @@ class _State:
         "trio",
     )
 
-    backend: _Backend | None  # the event loop library, once the channel is bound
-    trio: _Trio | None  # the trio backend's primitives, or None on asyncio
-    run: Any  # the bound asyncio loop, or the root task of the bound trio run
-    thread: int | None  # the thread that runs it
-    receiver_waiting: Any  # the waiter of the receiver, parked in `asend`
-    delivered: Any  # the waiter of the producer whose item was taken last
-    queue: _deque[tuple[Any, Any]] | None  # producers waiting to hand over an item or a _Source
-    source: Iterator[Any] | None  # what `itemize.many` delegates to, while it does
-    stash: Any  # an item handed to a receiver that was cancelled before it resumed
-    end: Any
-    receiver_closed: bool
-    items_delivered: int
-
     def __init__(self) -> None:
-        self.backend = self.trio = self.run = self.thread = None
-        self.receiver_waiting = self.delivered = self.queue = self.source = None
-        self.stash = _NOTHING
-        self.end = _NOT_STARTED
+        self.backend: _Backend | None = None  # the event loop library, once bound
+        self.trio: _Trio | None = None  # the trio backend's primitives, or None on asyncio
+        self.run: Any = None  # the bound asyncio loop, or the root task of the bound trio run
+        self.thread: int | None = None  # the thread that runs it
+        self.receiver_waiting: Any = None  # the waiter of the receiver, parked in `asend`
+        self.delivered: Any = None  # the waiter of the producer whose item was taken last
+        # Producers waiting to hand over an item, or a _Source of `itemize.many`:
+        self.queue: _deque[tuple[Any, Any]] | None = None
+        self.source: Iterator[Any] | None = None  # what `many` delegates to, while it does
+        self.stash: Any = _NOTHING  # an item taken by a receiver cancelled before it resumed
+        self.end: Any = _NOT_STARTED
         self.receiver_closed = False
         self.items_delivered = 0
 
@@ -1154,7 +1098,7 @@ if TYPE_CHECKING:
         async def wait(self) -> None:
             """Wait until the producer task has ended; raise a group of what it raised."""
 
-        def start(self, function: Callable[[], Awaitable[None]]) -> None: ...
+        def start(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None: ...
         def cancel(self) -> None: ...
 
 
@@ -1238,11 +1182,8 @@ def _make_asyncio_backend() -> _Backend:
         async def wait(self) -> None:
             await self._group.__aexit__(None, None, None)
 
-        def start(self, function: Callable[[], Awaitable[None]]) -> None:
-            async def run() -> None:
-                await function()
-
-            self._task = self._group.create_task(run())
+        def start(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
+            self._task = self._group.create_task(function())
 
         def cancel(self) -> None:
             self._task.cancel()
@@ -1283,7 +1224,7 @@ def _make_trio_backend() -> _Backend:
             self._scope.shield = False
             await self._manager.__aexit__(None, None, None)
 
-        def start(self, function: Callable[[], Awaitable[None]]) -> None:
+        def start(self, function: Callable[[], Coroutine[Any, Any, None]]) -> None:
             async def run() -> None:
                 with self._scope:
                     await function()
