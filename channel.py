@@ -404,6 +404,17 @@ class Receiver(Generic[T_co, R_contra]):
         if reply is not None and not state.items_delivered:
             state.refuse_early_reply()
         trio = state.trio
+        source: Any = state.source  # an iterator; a generator also has send()
+        if source is not None and (trio is not None or not state.delivered.done()):
+            try:  # delegating to `itemize.many`: take_ready's first step, inlined (per item)
+                item = next(source) if reply is None else source.send(reply)
+            except BaseException as exc:
+                state.end_delegation(state.delivered, exc)  # then, as below, without reply
+            else:
+                state.items_delivered += 1
+                if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS:
+                    return item  # type: ignore[no-any-return]
+                return await state.pass_checkpoint(item)  # type: ignore[no-any-return]
         while True:
             if state.source is None and not state.queue:
                 producer = state.delivered
@@ -413,16 +424,12 @@ class Receiver(Generic[T_co, R_contra]):
                         trio.reschedule(producer, trio.Value(reply))
                     elif not producer.done():
                         producer.set_result(reply)
-            else:  # delegating to `itemize.many`, or other producers wait
+            else:  # a cancelled `many`, or other producers wait
                 item = state.take_ready(reply)
                 if item is not _NOTHING:
-                    if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS == 0:
-                        try:
-                            await state.backend.checkpoint()  # type: ignore[union-attr]
-                        except BaseException:
-                            state.stash = item  # taken, so kept for the next ask
-                            raise
-                    return item  # type: ignore[no-any-return]
+                    if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS:
+                        return item  # type: ignore[no-any-return]
+                    return await state.pass_checkpoint(item)  # type: ignore[no-any-return]
             if (state.end is not None and state.end is not _NOT_STARTED) or state.receiver_closed:
                 raise state.end_of_stream()
             if trio is None:
@@ -930,6 +937,15 @@ class _State:
                 continue
             self.items_delivered += 1
             return item
+
+    async def pass_checkpoint(self, item: Any) -> Any:
+        """Pass a scheduling point with ``item`` taken; keep it if cancelled there."""
+        try:
+            await self.backend.checkpoint()  # type: ignore[union-attr]
+        except BaseException:
+            self.stash = item  # taken, so kept for the next ask
+            raise
+        return item
 
     def end_delegation(self, waiter: Any, exc: BaseException) -> None:
         """The delegated iterator ended: ``many`` returns its value or raises ``exc``."""
