@@ -1821,6 +1821,31 @@ async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
 
 
 @pytest.mark.anyio
+async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_items() -> None:
+    """Queued items are taken without waiting too, so the receiver checkpoints there as well."""
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as tg:
+            for i in range(600):
+                tg.start_soon(itemize, i)
+
+    received: list[int] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 600)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # delivered at the consumer's next scheduling point
+                async for item in c.receiver:
+                    received.append(item)
+            assert scope.cancelled_caught
+            assert 0 < len(received) <= 256
+            received += await collect(c.receiver)  # the interrupted item is not lost
+    assert sorted(received) == list(range(600))
+
+
+@pytest.mark.anyio
 async def test_a_consumer_reading_a_long_many_stream_can_be_cancelled_without_loss() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
