@@ -3667,6 +3667,8 @@ def _mypy(source: str, tmp_path: Path) -> tuple[str, int]:
     return stdout + stderr, status
 
 
+# mypy reads the whole standard library's stubs each time, from a cold cache.
+@pytest.mark.timeout(120)
 def test_mypy_accepts_what_the_variance_allows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -3675,6 +3677,7 @@ def test_mypy_accepts_what_the_variance_allows(
     assert status == 0, output
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("name", sorted(TYPING_REJECTED))
 def test_mypy_rejects_what_the_variance_forbids(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
