@@ -1797,6 +1797,17 @@ async def test_closing_the_receiver_during_many_closes_the_generator() -> None:
     assert events == ["generator closed", "many raised ReceiverClosed"]
 
 
+async def read_until_cancelled(receiver: Receiver[int]) -> list[int]:
+    """Read in a scope cancelled beforehand: the items taken until its first scheduling point."""
+    received: list[int] = []
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # delivered at the consumer's next scheduling point
+        async for item in receiver:
+            received.append(item)
+    assert scope.cancelled_caught
+    return received
+
+
 @pytest.mark.anyio
 async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
     c: Channel[int] = Channel()
@@ -1805,16 +1816,11 @@ async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
         async with c.sender as itemize:
             await itemize.many(range(2048))
 
-    received: list[int] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(producer)
             assert await anext(c.receiver) == 0  # the delegation is running
-            with anyio.CancelScope() as scope:
-                scope.cancel()  # delivered at the consumer's next scheduling point
-                async for item in c.receiver:
-                    received.append(item)
-            assert scope.cancelled_caught
+            received = await read_until_cancelled(c.receiver)
             assert 0 < len(received) <= 256
             received += await collect(c.receiver)  # the interrupted item is not lost
     assert received == list(range(1, 2048))
@@ -1830,16 +1836,11 @@ async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_it
             for i in range(600):
                 tg.start_soon(itemize, i)
 
-    received: list[int] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(producer)
             await wait_until(lambda: c.statistics().producers_waiting == 600)
-            with anyio.CancelScope() as scope:
-                scope.cancel()  # delivered at the consumer's next scheduling point
-                async for item in c.receiver:
-                    received.append(item)
-            assert scope.cancelled_caught
+            received = await read_until_cancelled(c.receiver)
             assert 0 < len(received) <= 256
             received += await collect(c.receiver)  # the interrupted item is not lost
     assert sorted(received) == list(range(600))
