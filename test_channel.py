@@ -3669,7 +3669,7 @@ def _mypy(source: str, tmp_path: Path) -> tuple[str, int]:
 
 
 # mypy reads the whole standard library's stubs each time, from a cold cache.
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_mypy_accepts_what_the_variance_allows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -3678,7 +3678,7 @@ def test_mypy_accepts_what_the_variance_allows(
     assert status == 0, output
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("name", sorted(TYPING_REJECTED))
 def test_mypy_rejects_what_the_variance_forbids(
     name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -5552,7 +5552,7 @@ async def chaos(channels: list[Stressed], rng: random.Random, stop: list[bool]) 
         await anyio.sleep(0.0005)
 
 
-@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.timeout(600)  # heavy: many thousands of channels
 @pytest.mark.anyio
 async def test_stress_many_channels_at_once() -> None:
     rng = random.Random(STRESS_SEED)
@@ -5692,7 +5692,7 @@ def _check_lifecycles(seen: Counter[str], count: int) -> None:
     assert seen.total() == count
 
 
-@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.timeout(600)  # heavy: many thousands of channels
 @pytest.mark.anyio
 async def test_no_memory_is_kept_after_100000_channels() -> None:
     """Memory (pymalloc blocks, gc objects) returns to its level once the channels are gone."""
@@ -5719,7 +5719,7 @@ async def test_no_memory_is_kept_after_100000_channels() -> None:
     assert grown_traced < max(32_768, LEAK_CHANNELS), f"{grown_traced} more bytes (tracemalloc)"
 
 
-@pytest.mark.timeout(180)  # heavy: many thousands of channels
+@pytest.mark.timeout(600)  # heavy: many thousands of channels
 @pytest.mark.anyio
 async def test_no_memory_is_kept_traced() -> None:
     """tracemalloc: what channels allocate is given back; nothing grows with their number.
