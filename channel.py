@@ -536,9 +536,22 @@ class _Batches(Generic[T_co]):
 
     async def __anext__(self) -> list[T_co]:
         batch = [await self._receiver.__anext__()]
-        take_ready = self._receiver._state.take_ready  # pyright: ignore[reportPrivateUsage]
-        while len(batch) < self._max_items and (item := take_ready(None)) is not _NOTHING:
-            batch.append(item)
+        state = self._receiver._state  # pyright: ignore[reportPrivateUsage]
+        while (room := self._max_items - len(batch)) > 0:
+            source, producer, taken = state.source, state.delivered, len(batch)
+            if source is not None and (state.trio is not None or not producer.done()):
+                try:  # delegating to `itemize.many`: pull a run of items in one loop
+                    for _ in range(room):
+                        batch.append(next(source))
+                        if state.source is not source:  # its generator closed the receiver
+                            break
+                except BaseException as exc:
+                    state.end_delegation(producer, exc)
+                state.items_delivered += len(batch) - taken
+            elif (item := state.take_ready(None)) is not _NOTHING:
+                batch.append(item)
+            else:
+                break
         return batch
 
 

@@ -2134,6 +2134,66 @@ async def test_batches_take_what_is_ready_and_wait_only_for_the_first_item() -> 
     assert [item for batch in batches for item in batch] == list(range(13))
     assert all(1 <= len(batch) <= 4 for batch in batches)
     assert batches[:3] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert c.statistics().items_delivered == 13  # a list's items are counted as delivered
+
+
+@pytest.mark.anyio
+async def test_a_batch_ends_a_delegation_as_yield_from_does() -> None:
+    c: Channel[int] = Channel()
+    outcomes: list[object] = []
+
+    def returning() -> Generator[int, None, str]:
+        yield 1
+        yield 2
+        return "returned"
+
+    def failing() -> Generator[int]:
+        yield 3
+        raise ValueError("no item 4")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            outcomes.append(await itemize.many(returning()))
+            with pytest.raises(ValueError, match="no item 4"):
+                await itemize.many(failing())
+            outcomes.append("raised")
+            await itemize(5)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            batches = [batch async for batch in c.receiver.batches(10)]
+    assert batches == [[1, 2], [3], [5]]  # a list ends where its delegation ends
+    assert outcomes == ["returned", "raised"]
+
+
+@pytest.mark.anyio
+async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
+    c: Channel[int] = Channel()
+    events: list[str] = []
+
+    def items() -> Generator[int]:
+        try:
+            yield 1
+            c.receiver.close()
+            yield 2
+            events.append("pulled after the close")
+            yield 3
+        finally:
+            events.append("generator closed")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(items())
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            batches = aiter(c.receiver.batches(10))
+            assert await anext(batches) == [1, 2]
+            with pytest.raises(ChannelClosed):
+                await anext(batches)
+    assert events == ["generator closed"]
 
 
 def test_batches_need_a_positive_size() -> None:
