@@ -1,0 +1,48 @@
+"""The suite on every supported CPython this machine has: ``python -m nox``.
+
+Each version runs the whole suite under branch coverage, in a fresh virtual
+environment; then ``coverage`` combines what all of them ran and requires every
+branch of ``channel.py``. 3.11, the oldest supported version, must be there; a newer
+one runs when its ``python3.X`` is found, on ``PATH`` or installed by pyenv.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+
+import nox
+
+SUPPORTED = ("3.11", "3.12", "3.13", "3.14")
+REQUIRED = "3.11"
+
+# pyenv's interpreters, found without activating them (its shims need PYENV_VERSION).
+_pyenv = os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")
+_found = [path for v in SUPPORTED for path in sorted(glob.glob(f"{_pyenv}/versions/{v}.*/bin"))]
+os.environ["PATH"] = os.pathsep.join([*_found, os.environ.get("PATH", "")])
+PYTHONS = [v for v in SUPPORTED if v == REQUIRED or shutil.which(f"python{v}")]
+
+nox.options.sessions = ["tests", "coverage"]
+nox.options.error_on_missing_interpreters = True  # a missing 3.11 fails the run
+nox.options.default_venv_backend = "venv"
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """The whole suite, under branch coverage (one data file per version)."""
+    session.install(".[test]")
+    session.run("python", "--version")
+    session.run(
+        "python", "-m", "coverage", "run", "--parallel-mode", "-m", "pytest", "-p", "no:randomly",
+        *session.posargs,
+    )  # fmt: skip
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Every branch of channel.py, run by one version or another."""
+    session.install("coverage[toml]>=7.6")
+    session.run("python", "-m", "coverage", "combine")
+    session.run("python", "-m", "coverage", "report", "--fail-under=100")
+    session.log(f"The suite ran on CPython {', '.join(PYTHONS)}.")
