@@ -66,7 +66,6 @@ _fresh_backends = support._fresh_backends  # and fresh backends under mutmut
 # --- 1. Exactly a generator ----------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_items_arrive_in_order_and_the_loop_ends_after_the_last() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -75,7 +74,6 @@ async def test_items_arrive_in_order_and_the_loop_ends_after_the_last() -> None:
             assert await collect(c.receiver) == list(range(100))
 
 
-@pytest.mark.anyio
 async def test_itemize_can_be_handed_to_any_coroutine() -> None:
     async def two(itemize: Itemize[str]) -> None:
         await itemize("Two")
@@ -93,7 +91,6 @@ async def test_itemize_can_be_handed_to_any_coroutine() -> None:
             assert await collect(c.receiver) == ["One", "Two", "Three"]
 
 
-@pytest.mark.anyio
 async def test_the_sender_block_runs_in_step_with_the_receiver_like_a_generator_body() -> None:
     """The same producer written as a generator and as a sender block interleaves identically."""
 
@@ -134,7 +131,6 @@ async def test_the_sender_block_runs_in_step_with_the_receiver_like_a_generator_
     assert channel_log == generator_log
 
 
-@pytest.mark.anyio
 async def test_entering_the_sender_does_not_wait_for_the_receiver() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -143,7 +139,6 @@ async def test_entering_the_sender_does_not_wait_for_the_receiver() -> None:
         assert await collect(c.receiver) == []
 
 
-@pytest.mark.anyio
 async def test_the_producer_waits_in_itemize_until_the_receiver_asks() -> None:
     c: Channel[str] = Channel()
     progress: list[str] = []
@@ -166,7 +161,6 @@ async def test_the_producer_waits_in_itemize_until_the_receiver_asks() -> None:
             assert progress == ["a taken and next one asked for"]
 
 
-@pytest.mark.anyio
 async def test_none_is_an_ordinary_item() -> None:
     c: Channel[None] = Channel()
     with anyio.fail_after(STEP):
@@ -178,7 +172,6 @@ async def test_none_is_an_ordinary_item() -> None:
 # --- 2. and 3. Clean and failed ends --------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_a_block_that_fails_makes_the_receiver_raise_sender_failed_from_it() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
@@ -200,7 +193,6 @@ async def test_a_block_that_fails_makes_the_receiver_raise_sender_failed_from_it
     assert str(failed.value.__cause__) == "boom"
 
 
-@pytest.mark.anyio
 async def test_a_failed_stream_keeps_raising_sender_failed() -> None:
     c: Channel[int] = Channel()
     with pytest.raises(KeyError):
@@ -212,7 +204,6 @@ async def test_a_failed_stream_keeps_raising_sender_failed() -> None:
         assert isinstance(failed.value.__cause__, KeyError)
 
 
-@pytest.mark.anyio
 async def test_a_cancelled_block_makes_the_receiver_raise_sender_failed() -> None:
     c: Channel[int] = Channel()
     producer_scope = anyio.CancelScope()
@@ -234,7 +225,6 @@ async def test_a_cancelled_block_makes_the_receiver_raise_sender_failed() -> Non
     assert isinstance(failed.value.__cause__, anyio.get_cancelled_exc_class())
 
 
-@pytest.mark.anyio
 async def test_a_timeout_inside_the_block_ends_the_stream_cleanly() -> None:
     c: Channel[int] = Channel()
 
@@ -255,7 +245,6 @@ async def test_a_timeout_inside_the_block_ends_the_stream_cleanly() -> None:
 # --- 4. The receiver leaves early -----------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_closing_the_receiver_stops_a_waiting_producer_which_simply_ends() -> None:
     c: Channel[int] = Channel()
     events: list[str] = []
@@ -281,7 +270,6 @@ async def test_closing_the_receiver_stops_a_waiting_producer_which_simply_ends()
     assert events == ["cleanup", "after the block"]
 
 
-@pytest.mark.anyio
 async def test_itemize_after_the_receiver_closed_raises_receiver_closed_at_once() -> None:
     c: Channel[int] = Channel()
     await c.receiver.aclose()
@@ -299,7 +287,6 @@ async def test_itemize_after_the_receiver_closed_raises_receiver_closed_at_once(
     assert "receiver was closed" in outcomes[0]
 
 
-@pytest.mark.anyio
 async def test_leaving_async_with_receiver_by_an_exception_closes_it() -> None:
     c: Channel[int] = Channel()
     ended: list[str] = []
@@ -320,7 +307,6 @@ async def test_leaving_async_with_receiver_by_an_exception_closes_it() -> None:
             await wait_until(lambda: bool(ended))
 
 
-@pytest.mark.anyio
 async def test_leaving_async_with_receiver_by_cancellation_closes_it() -> None:
     c: Channel[int] = Channel()
     ended: list[str] = []
@@ -342,7 +328,6 @@ async def test_leaving_async_with_receiver_by_cancellation_closes_it() -> None:
             await wait_until(lambda: bool(ended))
 
 
-@pytest.mark.anyio
 async def test_a_bare_break_closes_nothing_as_with_a_generator() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -354,7 +339,6 @@ async def test_a_bare_break_closes_nothing_as_with_a_generator() -> None:
             assert await collect(c.receiver) == [2, 3]
 
 
-@pytest.mark.anyio
 async def test_except_exception_in_the_producer_cannot_swallow_receiver_closed() -> None:
     c: Channel[int] = Channel()
     swallowed: list[BaseException] = []
@@ -375,7 +359,6 @@ async def test_except_exception_in_the_producer_cannot_swallow_receiver_closed()
     assert swallowed == []
 
 
-@pytest.mark.anyio
 async def test_an_exception_in_the_block_after_the_receiver_closed_still_propagates() -> None:
     c: Channel[int] = Channel()
     c.receiver.close()
@@ -387,7 +370,6 @@ async def test_an_exception_in_the_block_after_the_receiver_closed_still_propaga
                 raise RuntimeError("cleanup failed")
 
 
-@pytest.mark.anyio
 async def test_receiver_closed_of_another_channel_fails_this_stream() -> None:
     a: Channel[int] = Channel()
     b: Channel[int] = Channel()
@@ -401,7 +383,6 @@ async def test_receiver_closed_of_another_channel_fails_this_stream() -> None:
     assert isinstance(failed.value.__cause__, ReceiverClosed)
 
 
-@pytest.mark.anyio
 async def test_closing_the_receiver_wakes_a_task_waiting_in_anext_with_channel_closed() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -416,7 +397,6 @@ async def test_closing_the_receiver_wakes_a_task_waiting_in_anext_with_channel_c
             c.receiver.close()
 
 
-@pytest.mark.anyio
 async def test_closing_the_receiver_twice_is_harmless() -> None:
     c: Channel[int] = Channel()
     await c.receiver.aclose()
@@ -426,7 +406,6 @@ async def test_closing_the_receiver_twice_is_harmless() -> None:
         pass
 
 
-@pytest.mark.anyio
 async def test_closing_the_receiver_after_a_clean_end_is_harmless() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -439,7 +418,6 @@ async def test_closing_the_receiver_after_a_clean_end_is_harmless() -> None:
 # --- 5. Many producers, one callback ----------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_concurrent_itemize_calls_deliver_in_arrival_order_none_lost_none_twice() -> None:
     c: Channel[tuple[int, int]] = Channel()
 
@@ -461,7 +439,6 @@ async def test_concurrent_itemize_calls_deliver_in_arrival_order_none_lost_none_
         assert [i for m, i in items if m == n] == list(range(50))
 
 
-@pytest.mark.anyio
 async def test_waiting_itemize_calls_are_delivered_first_come_first_served() -> None:
     c: Channel[str] = Channel()
     with anyio.fail_after(STEP):
@@ -478,7 +455,6 @@ async def test_waiting_itemize_calls_are_delivered_first_come_first_served() -> 
             assert await collect(c.receiver) == list("abcde")
 
 
-@pytest.mark.anyio
 async def test_itemize_calls_still_waiting_when_the_block_ends_raise_channel_closed() -> None:
     c: Channel[str] = Channel()
     outcomes: dict[str, str] = {}
@@ -505,7 +481,6 @@ async def test_itemize_calls_still_waiting_when_the_block_ends_raise_channel_clo
     assert "not delivered" in outcomes["left behind"]
 
 
-@pytest.mark.anyio
 async def test_fan_in_producers_end_quietly_when_the_receiver_closes() -> None:
     c: Channel[int] = Channel()
     finished: list[str] = []
@@ -529,7 +504,6 @@ async def test_fan_in_producers_end_quietly_when_the_receiver_closes() -> None:
     assert finished == ["producer ended without an error"]
 
 
-@pytest.mark.anyio
 async def test_an_exception_group_with_other_errors_is_not_absorbed() -> None:
     c: Channel[int] = Channel()
     c.receiver.close()
@@ -543,7 +517,6 @@ async def test_an_exception_group_with_other_errors_is_not_absorbed() -> None:
 # --- 6. Cancellation loses nothing ------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_cancelling_itemize_before_the_item_was_taken_withdraws_it() -> None:
     c: Channel[str] = Channel()
     withdrawn = anyio.Event()
@@ -563,7 +536,6 @@ async def test_cancelling_itemize_before_the_item_was_taken_withdraws_it() -> No
             assert await collect(c.receiver) == ["kept"]
 
 
-@pytest.mark.anyio
 async def test_cancelling_itemize_after_the_item_was_taken_leaves_it_delivered() -> None:
     c: Channel[str] = Channel()
     outcome: list[str] = []
@@ -593,7 +565,6 @@ async def test_cancelling_itemize_after_the_item_was_taken_leaves_it_delivered()
     assert outcome == ["cancelled"]
 
 
-@pytest.mark.anyio
 async def test_a_cancelled_anext_does_not_close_the_receiver_and_can_be_retried() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -605,7 +576,6 @@ async def test_a_cancelled_anext_does_not_close_the_receiver_and_can_be_retried(
             assert await collect(c.receiver) == [1, 2]
 
 
-@pytest.mark.anyio
 async def test_an_item_handed_over_just_before_the_cancellation_is_not_lost() -> None:
     """The hand-over and the receiver's cancellation happen in the same scheduler round."""
     c: Channel[str] = Channel()
@@ -637,7 +607,6 @@ async def test_an_item_handed_over_just_before_the_cancellation_is_not_lost() ->
     assert outcomes in (["x", "y"], ["cancelled", "x", "y"])
 
 
-@pytest.mark.anyio
 async def test_cancelling_the_receiver_between_items_loses_nothing() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
@@ -661,7 +630,6 @@ async def test_cancelling_the_receiver_between_items_loses_nothing() -> None:
     assert received == list(range(200))
 
 
-@pytest.mark.anyio
 async def test_a_producer_cancelled_in_the_same_step_as_the_ask_is_skipped() -> None:
     c: Channel[str] = Channel()
     scope = anyio.CancelScope()
@@ -681,7 +649,6 @@ async def test_a_producer_cancelled_in_the_same_step_as_the_ask_is_skipped() -> 
             assert await collect(c.receiver) == []
 
 
-@pytest.mark.anyio
 async def test_a_cancelled_producer_at_the_head_of_the_queue_is_skipped_in_order() -> None:
     c: Channel[str] = Channel()
     scope = anyio.CancelScope()
@@ -709,7 +676,6 @@ async def test_a_cancelled_producer_at_the_head_of_the_queue_is_skipped_in_order
             assert await collect(c.receiver) == ["c"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["end the block", "close the receiver"])
 async def test_ending_in_the_same_step_as_a_cancellation_wakes_nobody_twice(how: str) -> None:
     c: Channel[str] = Channel()
@@ -731,7 +697,6 @@ async def test_ending_in_the_same_step_as_a_cancellation_wakes_nobody_twice(how:
     assert outcomes == ["cancelled"]
 
 
-@pytest.mark.anyio
 async def test_a_receiver_cancelled_in_the_same_step_as_the_close_raises_its_cancellation() -> None:
     c: Channel[str] = Channel()
     with anyio.fail_after(STEP):
@@ -828,7 +793,6 @@ def test_trio_is_detected_when_asyncio_was_never_imported(monkeypatch: pytest.Mo
 # --- 7. Misuse is loud --------------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_itemize_after_its_block_ended_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     async with c.sender as itemize:
@@ -837,7 +801,6 @@ async def test_itemize_after_its_block_ended_raises_channel_closed() -> None:
         await itemize(1)
 
 
-@pytest.mark.anyio
 async def test_entering_the_sender_while_it_is_open_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     async with c.sender:
@@ -846,7 +809,6 @@ async def test_entering_the_sender_while_it_is_open_raises_channel_closed() -> N
                 pass
 
 
-@pytest.mark.anyio
 async def test_entering_the_sender_after_the_stream_ended_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     async with c.sender:
@@ -856,7 +818,6 @@ async def test_entering_the_sender_after_the_stream_ended_raises_channel_closed(
             pass
 
 
-@pytest.mark.anyio
 async def test_two_tasks_iterating_one_receiver_is_refused() -> None:
     c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
@@ -869,7 +830,6 @@ async def test_two_tasks_iterating_one_receiver_is_refused() -> None:
                 pass
 
 
-@pytest.mark.anyio
 async def test_iterating_a_closed_receiver_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     c.receiver.close()
@@ -992,7 +952,6 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
 # Each test shows the generator's behaviour beside the channel's, as the README lists them.
 
 
-@pytest.mark.anyio
 async def test_difference_the_producer_runs_before_the_first_ask() -> None:
     log: list[str] = []
 
@@ -1022,7 +981,6 @@ async def test_difference_the_producer_runs_before_the_first_ask() -> None:
             assert await collect(c.receiver) == [1]
 
 
-@pytest.mark.anyio
 async def test_difference_aclose_never_suspends_and_the_cleanup_fails_in_the_producer() -> None:
     async def generator() -> AsyncGenerator[int]:
         try:
@@ -1056,7 +1014,6 @@ async def test_difference_aclose_never_suspends_and_the_cleanup_fails_in_the_pro
     assert [type(e) for e in group.value.exceptions] == [KeyError]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("end", ["failed", "closed"])
 async def test_difference_asking_again_after_the_end_raises_again(end: str) -> None:
     async def generator() -> AsyncGenerator[int]:
@@ -1093,7 +1050,6 @@ async def test_difference_asking_again_after_the_end_raises_again(end: str) -> N
                     await anext(c.receiver)
 
 
-@pytest.mark.anyio
 async def test_difference_itemize_in_the_cleanup_after_the_receiver_closed_raises_at_once() -> None:
     async def generator() -> AsyncGenerator[int]:
         try:
@@ -1128,7 +1084,6 @@ async def test_difference_itemize_in_the_cleanup_after_the_receiver_closed_raise
     assert raised == ["ReceiverClosed", "ReceiverClosed"]
 
 
-@pytest.mark.anyio
 async def test_difference_asend_with_a_value_before_the_first_item_raises_channel_error() -> None:
     async def generator() -> AsyncGenerator[int]:
         yield 1
@@ -1156,7 +1111,6 @@ async def test_difference_asend_with_a_value_before_the_first_item_raises_channe
     assert replies == [5]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("stop", [StopAsyncIteration, StopIteration])
 async def test_difference_a_producer_raising_a_stop_exception_fails_the_stream(
     stop: type[Exception],
@@ -1191,7 +1145,6 @@ async def test_difference_a_producer_raising_a_stop_exception_fails_the_stream(
 # --- Duplex: x = yield item becomes x = await itemize(item) -------------------------
 
 
-@pytest.mark.anyio
 async def test_asend_makes_the_waiting_itemize_return_the_value() -> None:
     c: Channel[str, int] = Channel()
     replies: list[int | None] = []
@@ -1213,7 +1166,6 @@ async def test_asend_makes_the_waiting_itemize_return_the_value() -> None:
     assert replies == [10, 20]
 
 
-@pytest.mark.anyio
 async def test_anext_makes_itemize_return_none() -> None:
     c: Channel[str, int] = Channel()
     replies: list[int | None] = []
@@ -1229,7 +1181,6 @@ async def test_anext_makes_itemize_return_none() -> None:
     assert replies == [None]
 
 
-@pytest.mark.anyio
 async def test_asend_with_a_value_before_the_first_item_is_refused() -> None:
     c: Channel[str, int] = Channel()
     with pytest.raises(ChannelError, match=r"before the first item.*anext\(\) or asend\(None\)"):
@@ -1294,7 +1245,6 @@ async def drive_with_athrow(agen: Any) -> list[str]:
     return answers
 
 
-@pytest.mark.anyio
 async def test_athrow_behaves_as_on_an_async_generator() -> None:
     expected = ["a", "caught k", "inner", "inner caught", "inner returned"]
     assert await drive_with_athrow(athrow_reference()) == [*expected, "ValueError from None"]
@@ -1308,7 +1258,6 @@ async def test_athrow_behaves_as_on_an_async_generator() -> None:
     assert c.statistics().items_delivered == len(expected)  # "inner caught" counts too
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("generator_does", ["not catch it", "catch it and return"])
 async def test_athrow_into_a_delegation_that_ends_on_it_ends_many(generator_does: str) -> None:
     c: Channel[str] = Channel()
@@ -1341,7 +1290,6 @@ async def test_athrow_into_a_delegation_that_ends_on_it_ends_many(generator_does
     assert outcome == [expected]
 
 
-@pytest.mark.anyio
 async def test_athrow_after_a_request_cancelled_with_its_item_taken_returns_that_item() -> None:
     """As a retried ``asend``: the cancelled request had already resumed the producer."""
     c: Channel[int] = Channel()
@@ -1376,7 +1324,6 @@ async def test_athrow_after_a_request_cancelled_with_its_item_taken_returns_that
             await c.receiver.aclose()
 
 
-@pytest.mark.anyio
 async def test_athrow_into_an_iterator_without_throw_raises_from_many() -> None:
     c: Channel[int] = Channel()
     caught: list[str] = []
@@ -1398,7 +1345,6 @@ async def test_athrow_into_an_iterator_without_throw_raises_from_many() -> None:
     assert caught == ["k"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("waiting_in", ["itemize", "many of an iterator without throw"])
 async def test_athrow_of_stop_iteration_reaches_the_producer_as_runtime_error(
     waiting_in: str,
@@ -1449,7 +1395,6 @@ class ClosableIterator:
         self.events.append("closed")
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("ended_by", ["its own error", "athrow"])
 async def test_many_does_not_close_an_iterator_that_ended_itself(ended_by: str) -> None:
     """As ``yield from`` leaves alone an iterator that raised, or that had no ``throw()``."""
@@ -1477,7 +1422,6 @@ async def test_many_does_not_close_an_iterator_that_ended_itself(ended_by: str) 
     assert events == [f"many raised {error}"]
 
 
-@pytest.mark.anyio
 async def test_athrow_goes_to_the_producer_whose_item_was_taken_last() -> None:
     c: Channel[str] = Channel()
     seen: list[str] = []
@@ -1500,7 +1444,6 @@ async def test_athrow_goes_to_the_producer_whose_item_was_taken_last() -> None:
             assert c.statistics().producers_waiting == 1  # "y" waits for the next ask
 
 
-@pytest.mark.anyio
 async def test_athrow_accepts_a_class_a_class_and_value_or_an_instance() -> None:
     c: Channel[str] = Channel()
     seen: list[BaseException] = []
@@ -1535,7 +1478,6 @@ def frames_of(traceback: types.TracebackType | None) -> list[str]:
     return names
 
 
-@pytest.mark.anyio
 async def test_athrow_keeps_the_traceback_it_is_given_or_that_the_exception_has() -> None:
     def fail_here() -> None:
         raise KeyError("with a traceback")
@@ -1566,7 +1508,6 @@ async def test_athrow_keeps_the_traceback_it_is_given_or_that_the_exception_has(
     assert [frames[-1] for frames in seen] == ["fail_here", "fail_here"]
 
 
-@pytest.mark.anyio
 async def test_athrow_before_the_first_item_is_refused_and_leaves_the_channel_usable() -> None:
     c: Channel[str] = Channel()
     with pytest.raises(ChannelError):  # the misuse table has its message
@@ -1577,7 +1518,6 @@ async def test_athrow_before_the_first_item_is_refused_and_leaves_the_channel_us
             assert await collect(c.receiver) == ["a"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(
     ("end", "expected"),
     [("clean", StopAsyncIteration), ("failed", SenderFailed), ("closed", ChannelClosed)],
@@ -1617,7 +1557,6 @@ def test_a_receiver_is_an_async_generator() -> None:
 # --- itemize.many: delegation like yield from ---------------------------------------
 
 
-@pytest.mark.anyio
 async def test_many_delivers_every_item_of_an_iterable_in_order() -> None:
     c: Channel[int] = Channel()
 
@@ -1635,7 +1574,6 @@ async def test_many_delivers_every_item_of_an_iterable_in_order() -> None:
     assert c.statistics().items_delivered == 1002
 
 
-@pytest.mark.anyio
 async def test_many_returns_the_generator_return_value_and_passes_replies_to_send() -> None:
     c: Channel[str, int] = Channel()
     seen: list[int | None] = []
@@ -1662,7 +1600,6 @@ async def test_many_returns_the_generator_return_value_and_passes_replies_to_sen
     assert returned == ["done"]
 
 
-@pytest.mark.anyio
 async def test_many_returns_only_when_the_receiver_asks_for_more() -> None:
     c: Channel[int] = Channel()
     progress: list[str] = []
@@ -1684,7 +1621,6 @@ async def test_many_returns_only_when_the_receiver_asks_for_more() -> None:
     assert progress == ["many returned"]
 
 
-@pytest.mark.anyio
 async def test_an_exception_in_the_iterable_surfaces_from_many_in_the_producer() -> None:
     c: Channel[int] = Channel()
     caught: list[str] = []
@@ -1708,7 +1644,6 @@ async def test_an_exception_in_the_iterable_surfaces_from_many_in_the_producer()
     assert caught == ["bad source"]
 
 
-@pytest.mark.anyio
 async def test_an_uncaught_iterable_exception_fails_the_stream() -> None:
     c: Channel[int] = Channel()
 
@@ -1729,7 +1664,6 @@ async def test_an_uncaught_iterable_exception_fails_the_stream() -> None:
     assert isinstance(failed.value.__cause__, LookupError)
 
 
-@pytest.mark.anyio
 async def test_closing_the_receiver_during_many_closes_the_generator() -> None:
     c: Channel[int] = Channel()
     events: list[str] = []
@@ -1767,7 +1701,6 @@ async def read_until_cancelled(receiver: Receiver[int]) -> list[int]:
     return received
 
 
-@pytest.mark.anyio
 async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
     c: Channel[int] = Channel()
 
@@ -1785,7 +1718,6 @@ async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
     assert received == list(range(1, 2048))
 
 
-@pytest.mark.anyio
 async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_items() -> None:
     """Queued items are taken without waiting too, so the receiver checkpoints there as well."""
     c: Channel[int] = Channel()
@@ -1805,7 +1737,6 @@ async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_it
     assert sorted(received) == list(range(600))
 
 
-@pytest.mark.anyio
 async def test_a_consumer_reading_a_long_many_stream_can_be_cancelled_without_loss() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
@@ -1831,7 +1762,6 @@ async def _cancel_later(scope: anyio.CancelScope) -> None:
     scope.cancel()
 
 
-@pytest.mark.anyio
 async def test_many_from_several_tasks_and_single_items_keep_arrival_order() -> None:
     c: Channel[str] = Channel()
 
@@ -1851,7 +1781,6 @@ async def test_many_from_several_tasks_and_single_items_keep_arrival_order() -> 
             assert await collect(c.receiver) == ["a1", "a2", "b", "c1", "c2"]
 
 
-@pytest.mark.anyio
 async def test_many_still_delegating_when_the_block_ends_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     outcome: list[str] = []
@@ -1870,7 +1799,6 @@ async def test_many_still_delegating_when_the_block_ends_raises_channel_closed()
     assert "not delivered" in outcome[0]
 
 
-@pytest.mark.anyio
 async def test_many_after_the_receiver_closed_raises_receiver_closed() -> None:
     c: Channel[int] = Channel()
     c.receiver.close()
@@ -1879,7 +1807,6 @@ async def test_many_after_the_receiver_closed_raises_receiver_closed() -> None:
             await itemize.many([1, 2])
 
 
-@pytest.mark.anyio
 async def test_a_delegation_cancelled_as_the_block_ends_is_not_woken_twice() -> None:
     c: Channel[int] = Channel()
     scope = anyio.CancelScope()
@@ -1913,7 +1840,6 @@ def started_generator(events: list[str]) -> Iterator[str]:
     return source
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["cancel it", "close the receiver", "end the block"])
 async def test_a_queued_delegation_that_never_starts_closes_its_generator(how: str) -> None:
     c: Channel[str] = Channel()
@@ -1978,7 +1904,6 @@ DELEGATION_STOPS = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("close_fails", sorted(CLOSE_FAILURES))
 @pytest.mark.parametrize("stop", DELEGATION_STOPS)
 async def test_what_closing_a_delegation_raises_comes_out_of_many_in_the_producer(
@@ -2039,7 +1964,6 @@ async def test_what_closing_a_delegation_raises_comes_out_of_many_in_the_produce
     assert c.statistics().state == expected_state
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("close_fails", sorted(CLOSE_FAILURES))
 async def test_a_producer_whose_delegation_fails_to_close_runs_its_finally_and_ends(
     close_fails: str,
@@ -2076,7 +2000,6 @@ async def test_a_producer_whose_delegation_fails_to_close_runs_its_finally_and_e
 # --- Batches ----------------------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_batches_take_what_is_ready_and_wait_only_for_the_first_item() -> None:
     c: Channel[int] = Channel()
 
@@ -2096,7 +2019,6 @@ async def test_batches_take_what_is_ready_and_wait_only_for_the_first_item() -> 
     assert c.statistics().items_delivered == 13  # a list's items are counted as delivered
 
 
-@pytest.mark.anyio
 async def test_a_batch_ends_a_delegation_as_yield_from_does() -> None:
     c: Channel[int] = Channel()
     outcomes: list[object] = []
@@ -2126,7 +2048,6 @@ async def test_a_batch_ends_a_delegation_as_yield_from_does() -> None:
     assert outcomes == ["returned", "raised"]
 
 
-@pytest.mark.anyio
 async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
     c: Channel[int] = Channel()
     events: list[str] = []
@@ -2163,7 +2084,6 @@ def test_batches_need_a_positive_size() -> None:
 # --- The structured producer ---------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_a_producer_runs_lazily_in_its_own_task_and_gives_the_receiver() -> None:
     started: list[str] = []
 
@@ -2183,7 +2103,6 @@ async def test_a_producer_runs_lazily_in_its_own_task_and_gives_the_receiver() -
     assert ticks.__name__ == "ticks"
 
 
-@pytest.mark.anyio
 async def test_a_producer_exception_comes_out_of_async_with_as_itself() -> None:
     @channel.producer
     async def failing(itemize: Itemize[int]) -> None:
@@ -2195,7 +2114,6 @@ async def test_a_producer_exception_comes_out_of_async_with_as_itself() -> None:
             await collect(items)
 
 
-@pytest.mark.anyio
 async def test_leaving_a_producer_early_runs_its_cleanup_before_async_with_exits() -> None:
     events: list[str] = []
 
@@ -2218,7 +2136,6 @@ async def test_leaving_a_producer_early_runs_its_cleanup_before_async_with_exits
     assert events == ["producer cleanup", "after async with"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["break", "return", "an exception", "a cancellation"])
 async def test_however_the_consumer_leaves_a_producer_in_itemize_gets_receiver_closed_alone(
     how: str,
@@ -2279,7 +2196,6 @@ async def test_however_the_consumer_leaves_a_producer_in_itemize_gets_receiver_c
     assert events == expected
 
 
-@pytest.mark.anyio
 async def test_a_timeout_around_a_producer_stops_its_cleanup_as_a_generator_s() -> None:
     """The consumer waits for the cleanup in its own scopes, as ``aclose()`` runs a generator's."""
     events: list[str] = []
@@ -2304,7 +2220,6 @@ async def test_a_timeout_around_a_producer_stops_its_cleanup_as_a_generator_s() 
     assert events == ["cleanup cancelled"]
 
 
-@pytest.mark.anyio
 async def test_a_producer_busy_elsewhere_is_stopped_promptly_when_the_consumer_leaves() -> None:
     events: list[str] = []
 
@@ -2325,7 +2240,6 @@ async def test_a_producer_busy_elsewhere_is_stopped_promptly_when_the_consumer_l
     assert events == ["producer stopped"]
 
 
-@pytest.mark.anyio
 async def test_a_producer_left_before_the_first_ask_never_runs() -> None:
     started: list[str] = []
 
@@ -2340,7 +2254,6 @@ async def test_a_producer_left_before_the_first_ask_never_runs() -> None:
     assert started == []
 
 
-@pytest.mark.anyio
 async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> None:
     @channel.producer
     async def failing(itemize: Itemize[int]) -> None:
@@ -2357,7 +2270,6 @@ async def test_a_producer_and_a_consumer_failing_both_come_out_in_a_group() -> N
     assert [type(e) for e in group.value.exceptions] == [KeyError, ValueError]
 
 
-@pytest.mark.anyio
 async def test_a_producer_exception_that_the_consumer_raises_again_comes_out_once() -> None:
     @channel.producer
     async def failing(itemize: Itemize[int]) -> None:
@@ -2373,7 +2285,6 @@ async def test_a_producer_exception_that_the_consumer_raises_again_comes_out_onc
     assert raised.value.args == ("from the producer",)
 
 
-@pytest.mark.anyio
 async def test_a_cancelled_producer_ends_async_with_as_the_cancellation_not_sender_failed() -> None:
     # trio cancels the producer (waiting in itemize) while the consumer is shielded;
     # the consumer's next ask then raises SenderFailed from that Cancelled. The
@@ -2395,7 +2306,6 @@ async def test_a_cancelled_producer_ends_async_with_as_the_cancellation_not_send
     assert outer.cancelled_caught
 
 
-@pytest.mark.anyio
 async def test_a_producers_own_exception_group_comes_out_as_that_group() -> None:
     @channel.producer
     async def grouped(itemize: Itemize[int]) -> None:
@@ -2411,7 +2321,6 @@ async def test_a_producers_own_exception_group_comes_out_as_that_group() -> None
     assert group.group_contains(ValueError)
 
 
-@pytest.mark.anyio
 async def test_a_producer_whose_receiver_closed_before_it_started_ends_at_once() -> None:
     started: list[str] = []
 
@@ -2427,7 +2336,6 @@ async def test_a_producer_whose_receiver_closed_before_it_started_ends_at_once()
     assert started == []
 
 
-@pytest.mark.anyio
 async def test_a_producer_context_cannot_be_entered_twice() -> None:
     @channel.producer
     async def one(itemize: Itemize[int]) -> None:
@@ -2444,7 +2352,6 @@ async def test_a_producer_context_cannot_be_entered_twice() -> None:
 # --- Introspection, names, import -------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_repr_and_statistics_show_the_state_and_who_waits_never_the_items() -> None:
     c: Channel[str] = Channel()
     assert repr(c) == "<Channel not started, 0 delivered>"
@@ -2531,7 +2438,6 @@ def test_generic_classes_can_be_subscripted_at_run_time() -> None:
 # --- Nothing is left behind ---------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_a_finished_channel_leaves_no_reference_cycles() -> None:
     gc.collect()
     gc.disable()
@@ -2549,7 +2455,6 @@ async def test_a_finished_channel_leaves_no_reference_cycles() -> None:
 # --- The examples the original documentation gives -----------------------------------
 
 
-@pytest.mark.anyio
 async def test_one_producer_pushes_into_two_channels_alternately() -> None:
     a: Channel[str] = Channel()
     b: Channel[str] = Channel()
@@ -2579,7 +2484,6 @@ async def test_one_producer_pushes_into_two_channels_alternately() -> None:
     ]
 
 
-@pytest.mark.anyio
 async def test_a_consumer_combines_pairs_of_items_through_an_async_generator_pipeline() -> None:
     c: Channel[int] = Channel()
     log: list[str] = []
@@ -2688,7 +2592,6 @@ def test_examples_print_what_they_promise(script: Path) -> None:
 # --- Found by mutation testing ------------------------------------------------------
 
 
-@pytest.mark.anyio
 async def test_itemize_kept_after_its_block_absorbed_receiver_closed_raises_channel_closed() -> (
     None
 ):
@@ -2702,7 +2605,6 @@ async def test_itemize_kept_after_its_block_absorbed_receiver_closed_raises_chan
     assert raised.type is ChannelClosed
 
 
-@pytest.mark.anyio
 async def test_many_after_its_block_ended_raises_channel_closed() -> None:
     c: Channel[int] = Channel()
     async with c.sender as itemize:
@@ -2711,7 +2613,6 @@ async def test_many_after_its_block_ended_raises_channel_closed() -> None:
         await itemize.many([1, 2])
 
 
-@pytest.mark.anyio
 async def test_batches_of_one_give_one_item_per_list() -> None:
     c: Channel[int] = Channel()
 
@@ -2734,7 +2635,6 @@ def test_decorated_function_keeps_its_module_and_unwraps_to_the_original() -> No
     assert decorated.__wrapped__ is ticks  # type: ignore[attr-defined]
 
 
-@pytest.mark.anyio
 async def test_asend_replies_to_the_itemize_whose_item_was_taken_while_others_wait() -> None:
     c: Channel[str, int] = Channel()
     replies: dict[str, int | None] = {}
@@ -2760,7 +2660,6 @@ async def test_asend_replies_to_the_itemize_whose_item_was_taken_while_others_wa
     assert replies == {"a": 1, "b": 2}
 
 
-@pytest.mark.anyio
 async def test_statistics_count_every_item_taken_from_waiting_producers() -> None:
     c: Channel[str] = Channel()
 
@@ -2778,7 +2677,6 @@ async def test_statistics_count_every_item_taken_from_waiting_producers() -> Non
     assert c.statistics().items_delivered == 3
 
 
-@pytest.mark.anyio
 async def test_statistics_count_an_itemize_waiting_for_the_next_ask() -> None:
     c: Channel[str] = Channel()
     with anyio.fail_after(STEP):
@@ -2790,7 +2688,6 @@ async def test_statistics_count_an_itemize_waiting_for_the_next_ask() -> None:
             assert await collect(c.receiver) == []
 
 
-@pytest.mark.anyio
 async def test_a_producer_waiting_in_itemize_gets_receiver_closed_not_a_cancellation() -> None:
     """As a generator gets GeneratorExit: its cleanup can still await."""
     events: list[str] = []
@@ -2811,7 +2708,6 @@ async def test_a_producer_waiting_in_itemize_gets_receiver_closed_not_a_cancella
     assert events == ["receiver closed", "cleaned up"]
 
 
-@pytest.mark.anyio
 async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_cancellation() -> (
     None
 ):
@@ -2839,7 +2735,6 @@ async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_ca
     assert events == ["receiver closed", "cleaned up"]
 
 
-@pytest.mark.anyio
 async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_consumer_leaves() -> (
     None
 ):
@@ -2861,7 +2756,6 @@ async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_cons
     assert scope.cancelled_caught
 
 
-@pytest.mark.anyio
 async def test_cancelling_many_closes_its_generator_at_once_and_the_block_goes_on() -> None:
     c: Channel[int] = Channel()
     events: list[str] = []
@@ -2890,7 +2784,6 @@ async def test_cancelling_many_closes_its_generator_at_once_and_the_block_goes_o
             assert await collect(c.receiver) == [-1]
 
 
-@pytest.mark.anyio
 async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
     c: Channel[str] = Channel()
     events: list[str] = []
@@ -2914,7 +2807,6 @@ async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
             assert await anext(c.receiver) == "first"
 
 
-@pytest.mark.anyio
 async def test_an_item_withdrawn_from_the_queue_is_let_go_at_once() -> None:
     """A cancelled itemize leaves the queue as it is cancelled, not when the receiver asks."""
 
@@ -2944,7 +2836,6 @@ async def test_an_item_withdrawn_from_the_queue_is_let_go_at_once() -> None:
             assert await anext(c.receiver) == "first"
 
 
-@pytest.mark.anyio
 async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator_in_its_own_task() -> None:
     c: Channel[str] = Channel()
     events: list[str] = []
@@ -2982,7 +2873,6 @@ async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator_in_its
     assert events[0].endswith(".head")  # not in the receiver's task, which skipped it
 
 
-@pytest.mark.anyio
 async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> None:
     async def one_stream() -> None:
         c: Channel[int] = Channel()
@@ -3391,7 +3281,6 @@ MISUSES = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("misuse", "expected", "message"), MISUSES)
 async def test_misuse_is_loud(
     misuse: Callable[[Channel[int, Any]], Awaitable[None]],
@@ -3542,7 +3431,6 @@ EXCEPTION_PATHS = [
 ]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize(("scenario", "expected", "message", "inside"), EXCEPTION_PATHS)
 async def test_exceptions_travel_as_through_a_generator(
     scenario: Callable[[], Awaitable[object]],
@@ -3596,7 +3484,6 @@ def test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters(host: str) -> N
     assert runner(host_main()) == [0, 1, 2]
 
 
-@pytest.mark.anyio
 async def test_a_delegation_cut_short_by_the_end_of_the_block() -> None:
     """Another task's itemize.many, delegating when the block ends: ChannelClosed, closed."""
     c: Channel[int, Any] = Channel()

@@ -106,7 +106,6 @@ pytestmark = pytest.mark.anyio
 # ==========================================================================================
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("plan", PLANS, ids=str)
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 async def test_cancelling_at_every_scheduling_point(scenario: Scenario, plan: Plan) -> None:
@@ -130,7 +129,6 @@ async def test_cancelling_at_every_scheduling_point(scenario: Scenario, plan: Pl
     assert runs >= 10  # the loop really ran, once per point
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name)
 async def test_the_harness_is_deterministic(scenario: Scenario) -> None:
     """Two runs with the same k pass through the same points and do the same things."""
@@ -303,7 +301,6 @@ def check_producer_run(log: Log, run: ProducerRun, plan: Plan, fail: bool) -> li
     return problems
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("fail", [False, True], ids=["returns", "raises"])
 @pytest.mark.parametrize("plan", PLANS, ids=str)
 async def test_cancelling_a_producer_function_at_every_scheduling_point(
@@ -325,7 +322,6 @@ async def test_cancelling_a_producer_function_at_every_scheduling_point(
         assert stepper.count >= 4, stepper.trace
 
 
-@pytest.mark.anyio
 async def test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang() -> None:
     """The receiver closed before the producer task started: leaving must not hang."""
 
@@ -358,7 +354,6 @@ async def test_leaving_a_producer_whose_receiver_was_closed_early_does_not_hang(
     assert left == ["left the async with"]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["receiver closed", "many cancelled"])
 async def test_a_withdrawn_delegation_closes_its_generator(how: str) -> None:
     """A queued itemize.many, withdrawn before it started, closes its generator."""

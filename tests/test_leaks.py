@@ -154,7 +154,6 @@ def _check_lifecycles(seen: Counter[str], count: int) -> None:
 
 
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
-@pytest.mark.anyio
 async def test_no_memory_is_kept_after_100000_channels() -> None:
     """Memory (pymalloc blocks, gc objects) returns to its level once the channels are gone."""
     _check_lifecycles(await lifecycles(2_000), 2_000)  # warm up: backend, caches, free lists
@@ -181,7 +180,6 @@ async def test_no_memory_is_kept_after_100000_channels() -> None:
 
 
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
-@pytest.mark.anyio
 async def test_no_memory_is_kept_traced() -> None:
     """tracemalloc: what channels allocate is given back; nothing grows with their number.
 
@@ -214,7 +212,6 @@ async def test_no_memory_is_kept_traced() -> None:
     assert kept_by_channel < slack, [str(stat) for stat in kept[:5]]
 
 
-@pytest.mark.anyio
 @pytest.mark.parametrize("how", ["anext", "asend", "many", "batches"])
 async def test_the_per_item_path_creates_no_reference_cycles(how: str) -> None:
     c: Channel[int, Any] = Channel()

@@ -481,7 +481,6 @@ class Program:
 HYPOTHESIS_EXAMPLES = _env_int("CHANNEL_HYPOTHESIS_EXAMPLES", 60)
 
 
-@pytest.mark.anyio
 @settings(
     max_examples=HYPOTHESIS_EXAMPLES,
     deadline=None,

@@ -144,7 +144,6 @@ async def chaos(channels: list[Stressed], rng: random.Random, stop: list[bool]) 
 
 
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
-@pytest.mark.anyio
 async def test_stress_many_channels_at_once() -> None:
     rng = random.Random(STRESS_SEED)
     channels = [Stressed() for _ in range(STRESS_CHANNELS)]
