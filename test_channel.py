@@ -51,9 +51,9 @@ from tests.support import (
     RUN_LIMIT,
     STEP,
     Boom,
-    _on_trio,
     checkpoint,
     collect,
+    in_trio,
     produce,
     settle,
     wait_until,
@@ -2924,7 +2924,7 @@ async def in_another_loop(
     Of the same kind as the running one, or with `other_kind`, trio under asyncio and
     asyncio under trio.
     """
-    if _on_trio():
+    if in_trio():
         flavour = "asyncio" if other_kind else "trio"
     elif other_kind:
         flavour = "trio"
@@ -3091,7 +3091,7 @@ async def use_after_its_loop_ended_in_a_new_loop_of_the_same_thread(c: Channel[i
         async with c.sender:
             pass
 
-    on_trio = _on_trio()
+    on_trio = in_trio()
 
     def one_thread() -> None:  # two event loops, one after the other, in one thread
         if on_trio:

@@ -31,9 +31,9 @@ from tests.support import (
     CANCELLED,
     HARNESS,
     RUN_LIMIT,
-    _env_int,
-    _on_trio,
     checkpoint,
+    env_int,
+    in_trio,
 )
 
 
@@ -85,7 +85,7 @@ def counting_scheduling_points(stepper: Stepper, seed: int) -> Iterator[list[dic
     ("Future exception was never retrieved", "Task was destroyed but it is pending", ...).
     """
     errors: list[dict[str, Any]] = []
-    if _on_trio():
+    if in_trio():
         scheduler_random = getattr(getattr(trio._core, "_run", None), "_r", None)
         if scheduler_random is not None:
             scheduler_random.seed(seed)
@@ -595,14 +595,14 @@ def check_run(log: Log, scenario: Scenario, plan: Plan) -> list[str]:  # noqa: P
 
 
 def _methods() -> list[str]:
-    return ["scope"] if _on_trio() else ["scope", "raw"]
+    return ["scope"] if in_trio() else ["scope", "raw"]
 
 
-TRIO_SEEDS = _env_int("CHANNEL_TRIO_SEEDS", 2)  # schedules explored per scenario on trio
+TRIO_SEEDS = env_int("CHANNEL_TRIO_SEEDS", 2)  # schedules explored per scenario on trio
 
 
 def _seeds() -> list[int]:
-    return list(range(TRIO_SEEDS)) if _on_trio() else [0]
+    return list(range(TRIO_SEEDS)) if in_trio() else [0]
 
 
 MAX_RUNS = 5000

@@ -22,12 +22,9 @@ import trio
 import uvloop
 
 import channel
-from channel import (
-    Channel,
-)
+from channel import Channel
 
 ROOT = Path(__file__).parent.parent  # the repository
-pytestmark = pytest.mark.anyio
 STEP = 5  # seconds: every test finishes far sooner, or it is stuck
 
 
@@ -79,11 +76,11 @@ HARNESS = "cancelled by the reliability harness"  # the message of its raw async
 CANCELLED = (asyncio.CancelledError, trio.Cancelled)
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     return int(os.environ.get(name, default))
 
 
-def _on_trio() -> bool:
+def in_trio() -> bool:
     return trio.lowlevel.in_trio_task()
 
 

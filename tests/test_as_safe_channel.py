@@ -8,9 +8,7 @@ import subprocess
 import sys
 import textwrap
 import warnings
-from collections.abc import (
-    Iterator,
-)
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 

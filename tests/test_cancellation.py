@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
-from collections.abc import (
-    Generator,
-)
+from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +16,7 @@ import pytest
 import trio
 
 import channel
-from channel import (
-    Channel,
-)
+from channel import Channel
 from tests.scenarios import (
     CLEAN,
     MAX_RUNS,
@@ -42,8 +38,8 @@ from tests.scenarios import (
 from tests.support import (
     RUN_LIMIT,
     Boom,
-    _on_trio,
     checkpoint,
+    in_trio,
     settle,
 )
 
@@ -258,7 +254,7 @@ WATCHDOG_POINTS = 200  # scheduling points of the others; a normal exit needs a 
 
 
 def _current_task() -> object:
-    return trio.lowlevel.current_task() if _on_trio() else asyncio.current_task()
+    return trio.lowlevel.current_task() if in_trio() else asyncio.current_task()
 
 
 class _Holder:

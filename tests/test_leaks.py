@@ -26,9 +26,9 @@ from channel import (
 from tests.support import (
     RUN_LIMIT,
     Boom,
-    _env_int,
-    _on_trio,
     collecting_by_hand,
+    env_int,
+    in_trio,
 )
 
 pytestmark = pytest.mark.anyio
@@ -49,8 +49,8 @@ pytestmark = pytest.mark.anyio
 # 4. Leaks: memory returns to its starting level; the per-item path makes no cycles
 # ==========================================================================================
 
-LEAK_CHANNELS = _env_int("CHANNEL_LEAK_CHANNELS", 100_000)
-TRACED_CHANNELS = _env_int("CHANNEL_TRACED_CHANNELS", 3_000)
+LEAK_CHANNELS = env_int("CHANNEL_LEAK_CHANNELS", 100_000)
+TRACED_CHANNELS = env_int("CHANNEL_TRACED_CHANNELS", 3_000)
 LEAK_TRACEMALLOC = os.environ.get("CHANNEL_LEAK_TRACEMALLOC", "") not in ("", "0")
 ENDINGS = ("clean end", "failed block", "receiver closed", "cancelled")
 PAIRS = 40  # producer/consumer task pairs at a time, each using its channels one by one
@@ -119,7 +119,7 @@ async def _lifecycle_consumer(
 async def lifecycles(count: int) -> Counter[str]:
     """Create, use and close `count` channels, ending each way in turn."""
     seen: Counter[str] = Counter()
-    on_trio = _on_trio()
+    on_trio = in_trio()
     batch = PAIRS * 50
     with collecting_by_hand():
         for start in range(0, count, batch):
@@ -141,7 +141,7 @@ async def _lifecycle_batch(start: int, stop: int, seen: Counter[str], on_trio: b
 
 
 def _check_lifecycles(seen: Counter[str], count: int) -> None:
-    cancelled = "failed: CancelledError" if not _on_trio() else "failed: Cancelled"
+    cancelled = "failed: CancelledError" if not in_trio() else "failed: Cancelled"
     allowed = {
         "clean end: ended, [1, 2]",
         "failed block: failed: Boom, [1]",

@@ -28,17 +28,15 @@ from channel import (
     ReceiverClosed,
     SenderFailed,
 )
-from tests.scenarios import (
-    CLEAN,
-)
+from tests.scenarios import CLEAN
 from tests.support import (
     CANCELLED,
     HARNESS,
     RUN_LIMIT,
     Boom,
-    _env_int,
-    _on_trio,
     checkpoint,
+    env_int,
+    in_trio,
 )
 
 pytestmark = pytest.mark.anyio
@@ -249,7 +247,7 @@ class Worker:
         self.wake.set()
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
-        if not _on_trio():
+        if not in_trio():
             self.task = asyncio.current_task()
         task_status.started()
         while True:
@@ -331,7 +329,7 @@ class Program:
             ops.append(("asend",))
         for name in sorted(model.busy):
             ops += [("cancel", name), ("timeout", name)]
-            if not _on_trio():
+            if not in_trio():
                 ops.append(("raw cancel", name))
             if name != RX and RX not in model.busy and self.answers_at_once(name):
                 ops.append(("cancel, then anext", name))
@@ -376,7 +374,7 @@ class Program:
             # waiting): its withdrawn item must be skipped.
             model.cancel(op[1])
             model.ask(None)
-            if _on_trio() or next(self.counter) % 2:
+            if in_trio() or next(self.counter) % 2:
                 self.workers[op[1]].scope.cancel()  # type: ignore[union-attr]
             else:
                 self.workers[op[1]].task.cancel(HARNESS)  # type: ignore[union-attr]
@@ -478,7 +476,7 @@ class Program:
             worker.stop()
 
 
-HYPOTHESIS_EXAMPLES = _env_int("CHANNEL_HYPOTHESIS_EXAMPLES", 60)
+HYPOTHESIS_EXAMPLES = env_int("CHANNEL_HYPOTHESIS_EXAMPLES", 60)
 
 
 @settings(

@@ -7,9 +7,7 @@ import contextlib
 import os
 import random
 from collections import Counter
-from collections.abc import (
-    Iterator,
-)
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,9 +16,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 
-from channel import (
-    Channel,
-)
+from channel import Channel
 from tests.scenarios import (
     Block,
     Log,
@@ -33,10 +29,10 @@ from tests.scenarios import (
 from tests.support import (
     HARNESS,
     Boom,
-    _env_int,
-    _on_trio,
     checkpoint,
     collecting_by_hand,
+    env_int,
+    in_trio,
 )
 
 pytestmark = pytest.mark.anyio
@@ -53,9 +49,9 @@ pytestmark = pytest.mark.anyio
 # 3. Stress: many channels at once, random timeouts, cancellations, failures and closes
 # ==========================================================================================
 
-STRESS_CHANNELS = _env_int("CHANNEL_STRESS_CHANNELS", 10_000)
+STRESS_CHANNELS = env_int("CHANNEL_STRESS_CHANNELS", 10_000)
 STRESS_SECONDS = float(os.environ.get("CHANNEL_STRESS_SECONDS", "0.5"))
-STRESS_SEED = _env_int("CHANNEL_STRESS_SEED", 20240601)
+STRESS_SEED = env_int("CHANNEL_STRESS_SEED", 20240601)
 DRAIN_LIMIT = 30  # seconds after the stop for every channel to finish: a hang detector
 TIMEOUTS = (0, 0.0001, 0.001)
 
@@ -80,7 +76,7 @@ def _stressed_end(s: Stressed, end: str) -> Iterator[anyio.CancelScope]:
     with the message of the later; so a task the chaos raw-cancelled ends quietly on
     any CancelledError that reaches this level.
     """
-    if not _on_trio():
+    if not in_trio():
         s.tasks[end] = asyncio.current_task()  # type: ignore[assignment]
     try:
         with anyio.CancelScope() as s.scopes[end]:
