@@ -12,7 +12,6 @@ import re
 import subprocess
 import sys
 import textwrap
-import threading
 import types
 import weakref
 from collections.abc import (
@@ -790,51 +789,7 @@ def test_trio_is_detected_when_asyncio_was_never_imported(monkeypatch: pytest.Mo
     assert trio.run(main) == [1, 2]
 
 
-# --- 7. Misuse is loud --------------------------------------------------------------
-
-
-async def test_itemize_after_its_block_ended_raises_channel_closed() -> None:
-    c: Channel[int] = Channel()
-    async with c.sender as itemize:
-        pass
-    with pytest.raises(ChannelClosed, match=r"after its sender block ended.*only inside"):
-        await itemize(1)
-
-
-async def test_entering_the_sender_while_it_is_open_raises_channel_closed() -> None:
-    c: Channel[int] = Channel()
-    async with c.sender:
-        with pytest.raises(ChannelClosed, match=r"already open; share its itemize"):
-            async with c.sender:
-                pass
-
-
-async def test_entering_the_sender_after_the_stream_ended_raises_channel_closed() -> None:
-    c: Channel[int] = Channel()
-    async with c.sender:
-        pass
-    with pytest.raises(ChannelClosed, match=r"already ended.*create a new Channel"):
-        async with c.sender:
-            pass
-
-
-async def test_two_tasks_iterating_one_receiver_is_refused() -> None:
-    c: Channel[int] = Channel()
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(collect, c.receiver)
-            await settle()
-            with pytest.raises(ChannelError, match="another task is already waiting"):
-                await anext(c.receiver)
-            async with c.sender:
-                pass
-
-
-async def test_iterating_a_closed_receiver_raises_channel_closed() -> None:
-    c: Channel[int] = Channel()
-    c.receiver.close()
-    with pytest.raises(ChannelClosed, match="receiver was closed"):
-        await anext(c.receiver)
+# --- 7. Misuse is loud: a channel belongs to the event loop that first uses it --------
 
 
 def _run_on(runner: str, function: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
@@ -903,37 +858,6 @@ def test_a_second_loop_taking_turns_in_the_same_thread_is_refused(flavour: str) 
         second.close()
 
 
-def test_a_channel_used_from_a_loop_in_another_thread_is_refused() -> None:
-    c: Channel[int] = Channel()
-    bound = threading.Event()
-    release = threading.Event()
-
-    async def owner() -> None:
-        async with c.sender:
-            bound.set()
-            await asyncio.to_thread(release.wait, STEP)  # this loop keeps running
-
-    async def intruder() -> None:
-        with pytest.raises(ChannelError, match="belongs to another event loop"):
-            await anext(c.receiver)
-
-    thread = threading.Thread(target=asyncio.run, args=(owner(),))
-    thread.start()
-    try:
-        assert bound.wait(STEP)
-        asyncio.run(intruder())
-    finally:
-        release.set()
-        thread.join(STEP)
-
-
-def test_a_channel_used_outside_any_event_loop_is_refused() -> None:
-    c: Channel[int] = Channel()
-    coroutine = c.receiver.__anext__()
-    with pytest.raises(ChannelError, match="asyncio, uvloop or trio"):
-        coroutine.send(None)
-
-
 @pytest.mark.parametrize("runner", ["asyncio", "uvloop", "trio"])
 def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -> None:
     c: Channel[int] = Channel()
@@ -945,6 +869,424 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
         return items
 
     assert _run_on(runner, main) == [1, 2]
+
+
+# --- Misuse is loud: one table --------------------------------------------------------
+#
+# `test_misuse_is_loud`: one table of every misuse, with the exact exception
+#    type and the whole message; closing twice is harmless. Also: exceptions travel as
+#    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
+#    guest mode on asyncio parks trio's way
+#    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
+#
+# Coverage and mutation testing. CI enforces 100% branch coverage of channel.py.
+#    `pip install '.[test,mutation]' && mutmut run` mutates channel.py and runs these tests
+#    against each mutant (configured in pyproject.toml). Every mutant is killed or times
+#    out (a hang the tests detect) except the ones below, which change nothing any code
+#    can observe; `mutmut results` lists them and `mutmut show NAME` shows each.
+#
+#    - `Sender.__aexit__` returns True instead of False when there was no exception:
+#      with nothing raised there is nothing to suppress, so the value is ignored.
+#    - `_State.__init__` sets `receiver_closed` to None instead of False: it is only ever
+#      tested for truth.
+#    - `_State.close_receiver` sets `stash` to None instead of `_NOTHING`: once the
+#      receiver is closed every ask raises before it reads `stash`; either value lets
+#      go of the item.
+#    - `Receiver.asend` checkpoints when `items_delivered % 256 == 1` instead of `== 0`:
+#      the same period, one item later; the tests check the period, not the phase.
+
+
+async def in_another_loop(
+    function: Callable[[], Awaitable[Any]], *, other_kind: bool = False
+) -> Any:
+    """Run `function` in a new event loop, in a worker thread.
+
+    Of the same kind as the running one, or with `other_kind`, trio under asyncio and
+    asyncio under trio.
+    """
+    if in_trio():
+        flavour = "asyncio" if other_kind else "trio"
+    elif other_kind:
+        flavour = "trio"
+    else:
+        flavour = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
+
+    async def main() -> Any:
+        return await function()
+
+    def run() -> Any:
+        if flavour == "trio":
+            return trio.run(main)
+        if flavour == "uvloop":
+            return uvloop.run(main())
+        return asyncio.run(main())
+
+    return await anyio.to_thread.run_sync(run)
+
+
+async def itemize_after_its_block(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        pass
+    await itemize(1)
+
+
+async def itemize_kept_after_its_block_absorbed_receiver_closed(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        c.receiver.close()
+        await itemize(1)  # raises ReceiverClosed, which the block absorbs
+    await itemize(2)  # the block has ended: ChannelClosed, not ReceiverClosed
+
+
+async def itemize_many_after_its_block(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        pass
+    await itemize.many([1])
+
+
+async def itemize_still_waiting_when_the_block_ends(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+
+    async def straggler(itemize: Any) -> None:
+        try:
+            await itemize(1)
+        except ChannelClosed as exc:
+            errors.append(exc)
+
+    async with anyio.create_task_group() as tg, c.sender as itemize:
+        tg.start_soon(straggler, itemize)
+        await settle()
+    raise errors[0]
+
+
+async def enter_the_sender_while_open(c: Channel[int, Any]) -> None:
+    async with c.sender, c.sender:
+        pass
+
+
+async def enter_the_sender_after_it_ended(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    async with c.sender:
+        pass
+
+
+async def iterate_from_two_tasks(c: Channel[int, Any]) -> None:
+    async def first() -> None:
+        with pytest.raises(ChannelClosed):  # woken by the close below
+            await anext(c.receiver)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await settle()
+        try:
+            await anext(c.receiver)
+        except ChannelError as exc:
+            refused = exc
+        c.receiver.close()
+    raise refused
+
+
+async def iterate_a_closed_receiver(c: Channel[int, Any]) -> None:
+    await c.receiver.aclose()
+    await anext(c.receiver)
+
+
+async def asend_on_a_closed_receiver(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    await c.receiver.asend(None)
+
+
+async def itemize_after_the_receiver_closed(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+    async with c.sender as itemize:
+        c.receiver.close()
+        try:
+            await itemize(1)
+        except ReceiverClosed as exc:
+            errors.append(exc)
+            raise  # the block absorbs it
+    raise errors[0]
+
+
+async def itemize_many_after_the_receiver_closed(c: Channel[int, Any]) -> None:
+    errors: list[BaseException] = []
+    async with c.sender as itemize:
+        c.receiver.close()
+        try:
+            await itemize.many([1, 2])
+        except ReceiverClosed as exc:
+            errors.append(exc)
+            raise
+    raise errors[0]
+
+
+async def asend_a_value_before_the_first_item(c: Channel[int, Any]) -> None:
+    await c.receiver.asend(1)
+
+
+async def athrow_before_the_first_item(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow(KeyError("too early"))
+
+
+async def athrow_what_is_not_an_exception(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow("not an exception")  # type: ignore[arg-type]
+
+
+async def athrow_an_exception_with_a_separate_value(c: Channel[int, Any]) -> None:
+    await c.receiver.athrow(KeyError("k"), "value")
+
+
+async def athrow_on_a_closed_receiver(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    await c.receiver.athrow(KeyError("k"))
+
+
+async def batches_of_nothing(c: Channel[int, Any]) -> None:
+    c.receiver.batches(0)
+
+
+async def receive_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    async with c.sender:  # binds the channel to this loop
+        pass
+    await in_another_loop(lambda: anext(c.receiver))
+
+
+async def enter_the_sender_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    with anyio.move_on_after(0):
+        await anext(c.receiver)  # binds the channel to this loop
+
+    async def enter() -> None:
+        async with c.sender:
+            pass
+
+    await in_another_loop(enter)
+
+
+async def itemize_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        await in_another_loop(lambda: itemize(1))
+
+
+async def receive_in_an_event_loop_of_the_other_kind(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    await in_another_loop(lambda: anext(c.receiver), other_kind=True)
+
+
+async def use_after_its_loop_ended_in_a_new_loop_of_the_same_thread(c: Channel[int, Any]) -> None:
+    async def bind() -> None:
+        async with c.sender:
+            pass
+
+    on_trio = in_trio()
+
+    def one_thread() -> None:  # two event loops, one after the other, in one thread
+        if on_trio:
+            trio.run(bind)
+            trio.run(anext, c.receiver)
+        else:
+            asyncio.run(bind())
+            asyncio.run(anext(c.receiver))
+
+    await anyio.to_thread.run_sync(one_thread)
+
+
+async def use_here_what_another_loop_bound(c: Channel[int, Any]) -> None:
+    async def bind() -> None:
+        async with c.sender:
+            pass
+
+    await in_another_loop(bind)
+    await anext(c.receiver)
+
+
+async def use_outside_any_event_loop(c: Channel[int, Any]) -> None:
+    def outside() -> None:
+        coroutine = c.receiver.__anext__()
+        try:
+            coroutine.send(None)
+        finally:
+            coroutine.close()
+
+    await anyio.to_thread.run_sync(outside)
+
+
+async def enter_a_producer_twice(c: Channel[int, Any]) -> None:
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+
+    stream = numbers()
+    async with stream:
+        pass
+    async with stream:
+        pass
+
+
+async def close_twice(c: Channel[int, Any]) -> None:
+    c.receiver.close()
+    c.receiver.close()
+    await c.receiver.aclose()
+    async with c.receiver:
+        pass
+    assert "receiver closed" in repr(c)
+    async with c.sender as itemize:  # the producer still just ends
+        with pytest.raises(ReceiverClosed):
+            await itemize(1)
+
+
+async def close_after_a_clean_end(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        pass
+    with pytest.raises(StopAsyncIteration):
+        await anext(c.receiver)
+    c.receiver.close()
+    c.receiver.close()
+    with pytest.raises(ChannelClosed, match="receiver was closed"):
+        await anext(c.receiver)
+
+
+async def receiver_closed_of_another_channel(c: Channel[int, Any]) -> None:
+    other: Channel[int, Any] = Channel()
+    other.receiver.close()
+    async with other.sender as other_itemize:
+        try:
+            await other_itemize(1)
+        except ReceiverClosed as exc:
+            foreign = exc
+    async with c.sender:
+        raise foreign  # ReceiverClosed of `other`: not this block's to absorb
+
+
+async def iterate_a_failed_stream_again(c: Channel[int, Any]) -> None:
+    with contextlib.suppress(Boom):
+        async with c.sender:
+            raise Boom("the block failed")
+    with pytest.raises(SenderFailed):
+        await anext(c.receiver)
+    await anext(c.receiver)  # keeps failing: a truncated stream never looks complete
+
+
+# The messages in full: they are what a user reads, so a change of wording is a change here.
+AFTER_ITS_BLOCK = (
+    "itemize was called after its sender block ended; call it only inside the "
+    "`async with c.sender` block (a task that shares it must finish before the block exits)"
+)
+RECEIVER_WAS_CLOSED = "this receiver was closed; create a new Channel to receive again"
+NOBODY_WILL_TAKE_IT = (
+    "the receiver was closed, so nobody will take this item; stop producing "
+    "(the sender block absorbs this exception)"
+)
+ANOTHER_LOOP = (
+    "this channel belongs to another event loop (or trio run); "
+    "create the Channel again inside the loop that uses it"
+)
+
+MISUSES = [
+    pytest.param(itemize_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
+    pytest.param(itemize_many_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
+    pytest.param(
+        itemize_kept_after_its_block_absorbed_receiver_closed, ChannelClosed, AFTER_ITS_BLOCK
+    ),
+    pytest.param(
+        itemize_still_waiting_when_the_block_ends,
+        ChannelClosed,
+        "the sender block ended while this itemize was waiting, so its item was not "
+        "delivered; make the tasks that share itemize finish inside the block "
+        "(a task group does that)",
+    ),
+    pytest.param(
+        enter_the_sender_while_open,
+        ChannelClosed,
+        "this channel's sender block is already open; "
+        "share its itemize instead of entering the sender again",
+    ),
+    pytest.param(
+        enter_the_sender_after_it_ended,
+        ChannelClosed,
+        "this channel's sender block has already ended; a channel carries one stream, "
+        "so create a new Channel for another one",
+    ),
+    pytest.param(
+        iterate_from_two_tasks,
+        ChannelError,
+        "another task is already waiting for an item from this receiver; a receiver has "
+        "one consumer at a time (give each consumer its own channel, or fan items out "
+        "from one consuming task)",
+    ),
+    pytest.param(iterate_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
+    pytest.param(asend_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
+    pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
+    pytest.param(itemize_many_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
+    pytest.param(
+        asend_a_value_before_the_first_item,
+        ChannelError,
+        "asend() with a value before the first item: no itemize is waiting for a reply "
+        "yet; ask for the first item with anext() or asend(None)",
+    ),
+    pytest.param(
+        athrow_before_the_first_item,
+        ChannelError,
+        "athrow() before the first item: no itemize is waiting for it yet; "
+        "ask for the first item with anext() or asend(None)",
+    ),
+    pytest.param(
+        athrow_what_is_not_an_exception,
+        TypeError,
+        "exceptions must be classes or instances deriving from BaseException, not str",
+    ),
+    pytest.param(
+        athrow_an_exception_with_a_separate_value,
+        TypeError,
+        "instance exception may not have a separate value",
+    ),
+    pytest.param(athrow_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
+    pytest.param(batches_of_nothing, ValueError, "max_items must be at least 1, not 0"),
+    pytest.param(receive_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(enter_the_sender_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(itemize_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(use_here_what_another_loop_bound, ChannelError, ANOTHER_LOOP),
+    pytest.param(
+        use_after_its_loop_ended_in_a_new_loop_of_the_same_thread, ChannelError, ANOTHER_LOOP
+    ),
+    pytest.param(receive_in_an_event_loop_of_the_other_kind, ChannelError, ANOTHER_LOOP),
+    pytest.param(
+        use_outside_any_event_loop,
+        ChannelError,
+        "a channel can only be used from a task running on asyncio, uvloop or trio",
+    ),
+    pytest.param(
+        enter_a_producer_twice,
+        ChannelError,
+        "this producer was already entered; call the producer function again for a new stream",
+    ),
+    pytest.param(receiver_closed_of_another_channel, ReceiverClosed, NOBODY_WILL_TAKE_IT),
+    pytest.param(
+        iterate_a_failed_stream_again,
+        SenderFailed,
+        "the sender block ended with Boom('the block failed'), so the stream is incomplete",
+    ),
+    pytest.param(close_twice, None, "", id="close_twice-harmless"),
+    pytest.param(close_after_a_clean_end, None, "", id="close_after_a_clean_end-harmless"),
+]
+
+
+@pytest.mark.parametrize(("misuse", "expected", "message"), MISUSES)
+async def test_misuse_is_loud(
+    misuse: Callable[[Channel[int, Any]], Awaitable[None]],
+    expected: type[BaseException] | None,
+    message: str,
+) -> None:
+    c: Channel[int, Any] = Channel()
+    if expected is None:  # harmless: no exception at all
+        with anyio.fail_after(RUN_LIMIT):
+            await misuse(c)
+        return
+    with pytest.raises(BaseException) as caught:  # noqa: PT011 - the exact type is checked below
+        with anyio.fail_after(RUN_LIMIT):
+            await misuse(c)
+    assert type(caught.value) is expected, repr(caught.value)
+    assert str(caught.value) == message
 
 
 # --- Where a channel differs from an async generator ----------------------------------
@@ -1185,6 +1527,31 @@ async def test_asend_with_a_value_before_the_first_item_is_refused() -> None:
     c: Channel[str, int] = Channel()
     with pytest.raises(ChannelError, match=r"before the first item.*anext\(\) or asend\(None\)"):
         await c.receiver.asend(1)
+
+
+async def test_asend_replies_to_the_itemize_whose_item_was_taken_while_others_wait() -> None:
+    c: Channel[str, int] = Channel()
+    replies: dict[str, int | None] = {}
+
+    async def send(itemize: Itemize[str, int], item: str) -> None:
+        replies[item] = await itemize(item)
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(send, itemize, "a")
+            await settle()
+            workers.start_soon(send, itemize, "b")
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 2)
+            assert await anext(c.receiver) == "a"
+            assert await c.receiver.asend(1) == "b"  # "b" still waits in the queue
+            with pytest.raises(StopAsyncIteration):
+                await c.receiver.asend(2)
+    assert replies == {"a": 1, "b": 2}
 
 
 # --- athrow: the whole async-generator protocol ------------------------------------
@@ -1997,6 +2364,102 @@ async def test_a_producer_whose_delegation_fails_to_close_runs_its_finally_and_e
     assert contexts[-1] is ReceiverClosed  # what stopped the delegation, as context
 
 
+async def test_many_after_its_block_ended_raises_channel_closed() -> None:
+    c: Channel[int] = Channel()
+    async with c.sender as itemize:
+        pass
+    with anyio.fail_after(STEP), pytest.raises(ChannelClosed, match="after its sender block ended"):
+        await itemize.many([1, 2])
+
+
+async def test_cancelling_many_closes_its_generator_at_once_and_the_block_goes_on() -> None:
+    c: Channel[int] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def numbers() -> Iterator[int]:
+        try:
+            yield from range(100)
+        finally:
+            events.append("generator closed")
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with scope:
+                await itemize.many(numbers())
+            events.append("many cancelled")
+            await itemize(-1)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0
+            scope.cancel()
+            await wait_until(lambda: "many cancelled" in events)
+            assert events == ["generator closed", "many cancelled"]  # not at the next ask
+            assert await collect(c.receiver) == [-1]
+
+
+async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+    source = started_generator(events)
+
+    async def delegate(itemize: Itemize[str]) -> None:
+        with scope:
+            await itemize.many(source)
+        events.append("many cancelled")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(itemize, "first")
+            await settle()
+            tg.start_soon(delegate, itemize)  # waits in the queue behind "first"
+            await settle()
+            scope.cancel()
+            await wait_until(lambda: "many cancelled" in events)
+            assert events == ["generator closed", "many cancelled"]
+            assert await anext(c.receiver) == "first"
+
+
+async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator_in_its_own_task() -> None:
+    c: Channel[str] = Channel()
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    def letters() -> Iterator[str]:
+        try:
+            yield "never delivered"
+        finally:
+            events.append(f"generator closed in {anyio.get_current_task().name}")
+
+    source = letters()
+    next(source)
+
+    async def head(itemize: Itemize[str]) -> None:
+        with scope:
+            await itemize.many(source)
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            workers.start_soon(head, itemize)
+            await settle()
+            workers.start_soon(itemize, "b")
+            await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 2)
+            scope.cancel()  # the head is cancelled, but has not run yet
+            assert await anext(c.receiver) == "b"  # skips the head
+            assert await collect(c.receiver) == []
+    assert len(events) == 1
+    assert events[0].startswith("generator closed in ")
+    assert events[0].endswith(".head")  # not in the receiver's task, which skipped it
+
+
 # --- Batches ----------------------------------------------------------------------
 
 
@@ -2079,6 +2542,19 @@ async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
 def test_batches_need_a_positive_size() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Channel[int]().receiver.batches(0)
+
+
+async def test_batches_of_one_give_one_item_per_list() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(range(3))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert [batch async for batch in c.receiver.batches(1)] == [[0], [1], [2]]
 
 
 # --- The structured producer ---------------------------------------------------------
@@ -2349,6 +2825,83 @@ async def test_a_producer_context_cannot_be_entered_twice() -> None:
             pass
 
 
+def test_decorated_function_keeps_its_module_and_unwraps_to_the_original() -> None:
+    async def ticks(itemize: Itemize[int]) -> None:
+        await itemize(1)
+
+    decorated = channel.producer(ticks)
+    assert decorated.__module__ == __name__
+    assert decorated.__wrapped__ is ticks  # type: ignore[attr-defined]
+
+
+async def test_a_producer_waiting_in_itemize_gets_receiver_closed_not_a_cancellation() -> None:
+    """As a generator gets GeneratorExit: its cleanup can still await."""
+    events: list[str] = []
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        try:
+            await itemize(0)
+        except ReceiverClosed:
+            events.append("receiver closed")
+            await anyio.lowlevel.checkpoint()
+            events.append("cleaned up")
+            raise
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            assert await anext(items) == 0  # the producer now waits for the next ask
+    assert events == ["receiver closed", "cleaned up"]
+
+
+async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_cancellation() -> (
+    None
+):
+    events: list[str] = []
+    ready = anyio.Event()
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        await ready.wait()
+        try:
+            await itemize(1)  # nobody waits in anext any more: the item waits untaken
+        except ReceiverClosed:
+            events.append("receiver closed")
+            await anyio.lowlevel.checkpoint()
+            events.append("cleaned up")
+            raise
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            await settle()  # the producer waits for the first ask
+            with anyio.move_on_after(0):
+                await anext(items)  # asks, which starts the producer, then gives up
+            ready.set()
+            await settle()
+    assert events == ["receiver closed", "cleaned up"]
+
+
+async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_consumer_leaves() -> (
+    None
+):
+    events: list[str] = []
+    scope = anyio.CancelScope()
+
+    @channel.producer
+    async def agen(itemize: Itemize[int]) -> None:
+        with scope:
+            await itemize(0)  # taken, then cancelled while it waits for the next ask
+        events.append("busy elsewhere")
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(STEP):
+        async with agen() as items:
+            assert await anext(items) == 0
+            scope.cancel()
+            await wait_until(lambda: events == ["busy elsewhere"])
+    assert scope.cancelled_caught
+
+
 # --- Introspection, names, import -------------------------------------------------------
 
 
@@ -2435,6 +2988,34 @@ def test_generic_classes_can_be_subscripted_at_run_time() -> None:
     assert channel.Receiver[int].__origin__ is channel.Receiver  # type: ignore[attr-defined]
 
 
+async def test_statistics_count_every_item_taken_from_waiting_producers() -> None:
+    c: Channel[str] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as workers:
+            for item in "abc":
+                workers.start_soon(itemize, item)
+                await settle()
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 3)
+            assert await collect(c.receiver) == ["a", "b", "c"]
+    assert c.statistics().items_delivered == 3
+
+
+async def test_statistics_count_an_itemize_waiting_for_the_next_ask() -> None:
+    c: Channel[str] = Channel()
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, c, ["a"])
+            assert await anext(c.receiver) == "a"
+            assert c.statistics().producers_waiting == 1
+            assert repr(c) == "<Channel open, 1 itemize waiting, 1 delivered>"
+            assert await collect(c.receiver) == []
+
+
 # --- Nothing is left behind ---------------------------------------------------------
 
 
@@ -2448,6 +3029,53 @@ async def test_a_finished_channel_leaves_no_reference_cycles() -> None:
             assert await collect(c.receiver) == list(range(10))
         del c, tg
         assert gc.collect() == 0
+    finally:
+        gc.enable()
+
+
+async def test_an_item_withdrawn_from_the_queue_is_let_go_at_once() -> None:
+    """A cancelled itemize leaves the queue as it is cancelled, not when the receiver asks."""
+
+    class Item:
+        pass
+
+    c: Channel[object] = Channel()
+    item = Item()
+    released = weakref.ref(item)
+    scope = anyio.CancelScope()
+
+    async def withdrawn(itemize: Itemize[object], item: object) -> None:
+        with scope:
+            await itemize(item)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.sender as itemize:
+            tg.start_soon(itemize, "first")
+            await settle()
+            tg.start_soon(withdrawn, itemize, item)  # waits behind "first"
+            del item
+            await settle()
+            scope.cancel()
+            await settle()
+            assert released() is None  # no cycle holds it: freed without a collection
+            assert c.statistics().producers_waiting == 1
+            assert await anext(c.receiver) == "first"
+
+
+async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> None:
+    async def one_stream() -> None:
+        c: Channel[int] = Channel()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce, c, [1])
+            assert await collect(c.receiver) == [1]
+
+    await one_stream()  # the first channel in this event loop may set the backend up
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(3):
+            await one_stream()
+        assert gc.collect() == 0  # no backend made again, and dropped, per channel
     finally:
         gc.enable()
 
@@ -2587,716 +3215,6 @@ def test_examples_print_what_they_promise(script: Path) -> None:
 # Checked as code, not run: tests/typing/accepted.py (what must be accepted, and
 # assert_type for what must be inferred) and tests/typing/rejected.py (each error
 # that must be reported, named), by mypy --strict and pyright in CI.
-
-
-# --- Found by mutation testing ------------------------------------------------------
-
-
-async def test_itemize_kept_after_its_block_absorbed_receiver_closed_raises_channel_closed() -> (
-    None
-):
-    c: Channel[int] = Channel()
-    async with c.sender as itemize:
-        c.receiver.close()
-        await itemize(1)  # raises ReceiverClosed, which the block absorbs
-    # BaseException, so that a ReceiverClosed in its place fails the test instead of pytest
-    with pytest.raises(BaseException, match="after its sender block ended") as raised:
-        await itemize(2)
-    assert raised.type is ChannelClosed
-
-
-async def test_many_after_its_block_ended_raises_channel_closed() -> None:
-    c: Channel[int] = Channel()
-    async with c.sender as itemize:
-        pass
-    with anyio.fail_after(STEP), pytest.raises(ChannelClosed, match="after its sender block ended"):
-        await itemize.many([1, 2])
-
-
-async def test_batches_of_one_give_one_item_per_list() -> None:
-    c: Channel[int] = Channel()
-
-    async def producer() -> None:
-        async with c.sender as itemize:
-            await itemize.many(range(3))
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            assert [batch async for batch in c.receiver.batches(1)] == [[0], [1], [2]]
-
-
-def test_decorated_function_keeps_its_module_and_unwraps_to_the_original() -> None:
-    async def ticks(itemize: Itemize[int]) -> None:
-        await itemize(1)
-
-    decorated = channel.producer(ticks)
-    assert decorated.__module__ == __name__
-    assert decorated.__wrapped__ is ticks  # type: ignore[attr-defined]
-
-
-async def test_asend_replies_to_the_itemize_whose_item_was_taken_while_others_wait() -> None:
-    c: Channel[str, int] = Channel()
-    replies: dict[str, int | None] = {}
-
-    async def send(itemize: Itemize[str, int], item: str) -> None:
-        replies[item] = await itemize(item)
-
-    async def producer() -> None:
-        async with c.sender as itemize, anyio.create_task_group() as workers:
-            workers.start_soon(send, itemize, "a")
-            await settle()
-            workers.start_soon(send, itemize, "b")
-            await settle()
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            await wait_until(lambda: c.statistics().producers_waiting == 2)
-            assert await anext(c.receiver) == "a"
-            assert await c.receiver.asend(1) == "b"  # "b" still waits in the queue
-            with pytest.raises(StopAsyncIteration):
-                await c.receiver.asend(2)
-    assert replies == {"a": 1, "b": 2}
-
-
-async def test_statistics_count_every_item_taken_from_waiting_producers() -> None:
-    c: Channel[str] = Channel()
-
-    async def producer() -> None:
-        async with c.sender as itemize, anyio.create_task_group() as workers:
-            for item in "abc":
-                workers.start_soon(itemize, item)
-                await settle()
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            await wait_until(lambda: c.statistics().producers_waiting == 3)
-            assert await collect(c.receiver) == ["a", "b", "c"]
-    assert c.statistics().items_delivered == 3
-
-
-async def test_statistics_count_an_itemize_waiting_for_the_next_ask() -> None:
-    c: Channel[str] = Channel()
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce, c, ["a"])
-            assert await anext(c.receiver) == "a"
-            assert c.statistics().producers_waiting == 1
-            assert repr(c) == "<Channel open, 1 itemize waiting, 1 delivered>"
-            assert await collect(c.receiver) == []
-
-
-async def test_a_producer_waiting_in_itemize_gets_receiver_closed_not_a_cancellation() -> None:
-    """As a generator gets GeneratorExit: its cleanup can still await."""
-    events: list[str] = []
-
-    @channel.producer
-    async def agen(itemize: Itemize[int]) -> None:
-        try:
-            await itemize(0)
-        except ReceiverClosed:
-            events.append("receiver closed")
-            await anyio.lowlevel.checkpoint()
-            events.append("cleaned up")
-            raise
-
-    with anyio.fail_after(STEP):
-        async with agen() as items:
-            assert await anext(items) == 0  # the producer now waits for the next ask
-    assert events == ["receiver closed", "cleaned up"]
-
-
-async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_cancellation() -> (
-    None
-):
-    events: list[str] = []
-    ready = anyio.Event()
-
-    @channel.producer
-    async def agen(itemize: Itemize[int]) -> None:
-        await ready.wait()
-        try:
-            await itemize(1)  # nobody waits in anext any more: the item waits untaken
-        except ReceiverClosed:
-            events.append("receiver closed")
-            await anyio.lowlevel.checkpoint()
-            events.append("cleaned up")
-            raise
-
-    with anyio.fail_after(STEP):
-        async with agen() as items:
-            await settle()  # the producer waits for the first ask
-            with anyio.move_on_after(0):
-                await anext(items)  # asks, which starts the producer, then gives up
-            ready.set()
-            await settle()
-    assert events == ["receiver closed", "cleaned up"]
-
-
-async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_consumer_leaves() -> (
-    None
-):
-    events: list[str] = []
-    scope = anyio.CancelScope()
-
-    @channel.producer
-    async def agen(itemize: Itemize[int]) -> None:
-        with scope:
-            await itemize(0)  # taken, then cancelled while it waits for the next ask
-        events.append("busy elsewhere")
-        await anyio.sleep_forever()
-
-    with anyio.fail_after(STEP):
-        async with agen() as items:
-            assert await anext(items) == 0
-            scope.cancel()
-            await wait_until(lambda: events == ["busy elsewhere"])
-    assert scope.cancelled_caught
-
-
-async def test_cancelling_many_closes_its_generator_at_once_and_the_block_goes_on() -> None:
-    c: Channel[int] = Channel()
-    events: list[str] = []
-    scope = anyio.CancelScope()
-
-    def numbers() -> Iterator[int]:
-        try:
-            yield from range(100)
-        finally:
-            events.append("generator closed")
-
-    async def producer() -> None:
-        async with c.sender as itemize:
-            with scope:
-                await itemize.many(numbers())
-            events.append("many cancelled")
-            await itemize(-1)
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            assert await anext(c.receiver) == 0
-            scope.cancel()
-            await wait_until(lambda: "many cancelled" in events)
-            assert events == ["generator closed", "many cancelled"]  # not at the next ask
-            assert await collect(c.receiver) == [-1]
-
-
-async def test_cancelling_a_queued_many_closes_its_generator_at_once() -> None:
-    c: Channel[str] = Channel()
-    events: list[str] = []
-    scope = anyio.CancelScope()
-    source = started_generator(events)
-
-    async def delegate(itemize: Itemize[str]) -> None:
-        with scope:
-            await itemize.many(source)
-        events.append("many cancelled")
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg, c.sender as itemize:
-            tg.start_soon(itemize, "first")
-            await settle()
-            tg.start_soon(delegate, itemize)  # waits in the queue behind "first"
-            await settle()
-            scope.cancel()
-            await wait_until(lambda: "many cancelled" in events)
-            assert events == ["generator closed", "many cancelled"]
-            assert await anext(c.receiver) == "first"
-
-
-async def test_an_item_withdrawn_from_the_queue_is_let_go_at_once() -> None:
-    """A cancelled itemize leaves the queue as it is cancelled, not when the receiver asks."""
-
-    class Item:
-        pass
-
-    c: Channel[object] = Channel()
-    item = Item()
-    released = weakref.ref(item)
-    scope = anyio.CancelScope()
-
-    async def withdrawn(itemize: Itemize[object], item: object) -> None:
-        with scope:
-            await itemize(item)
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg, c.sender as itemize:
-            tg.start_soon(itemize, "first")
-            await settle()
-            tg.start_soon(withdrawn, itemize, item)  # waits behind "first"
-            del item
-            await settle()
-            scope.cancel()
-            await settle()
-            assert released() is None  # no cycle holds it: freed without a collection
-            assert c.statistics().producers_waiting == 1
-            assert await anext(c.receiver) == "first"
-
-
-async def test_a_cancelled_many_skipped_in_the_queue_closes_its_generator_in_its_own_task() -> None:
-    c: Channel[str] = Channel()
-    events: list[str] = []
-    scope = anyio.CancelScope()
-
-    def letters() -> Iterator[str]:
-        try:
-            yield "never delivered"
-        finally:
-            events.append(f"generator closed in {anyio.get_current_task().name}")
-
-    source = letters()
-    next(source)
-
-    async def head(itemize: Itemize[str]) -> None:
-        with scope:
-            await itemize.many(source)
-
-    async def producer() -> None:
-        async with c.sender as itemize, anyio.create_task_group() as workers:
-            workers.start_soon(head, itemize)
-            await settle()
-            workers.start_soon(itemize, "b")
-            await settle()
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            await wait_until(lambda: c.statistics().producers_waiting == 2)
-            scope.cancel()  # the head is cancelled, but has not run yet
-            assert await anext(c.receiver) == "b"  # skips the head
-            assert await collect(c.receiver) == []
-    assert len(events) == 1
-    assert events[0].startswith("generator closed in ")
-    assert events[0].endswith(".head")  # not in the receiver's task, which skipped it
-
-
-async def test_channels_share_one_backend_and_leave_no_reference_cycles() -> None:
-    async def one_stream() -> None:
-        c: Channel[int] = Channel()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(produce, c, [1])
-            assert await collect(c.receiver) == [1]
-
-    await one_stream()  # the first channel in this event loop may set the backend up
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(3):
-            await one_stream()
-        assert gc.collect() == 0  # no backend made again, and dropped, per channel
-    finally:
-        gc.enable()
-
-
-# --- Misuse is loud: one table --------------------------------------------------------
-#
-# `test_misuse_is_loud`: one table of every misuse, with the exact exception
-#    type and the whole message; closing twice is harmless. Also: exceptions travel as
-#    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
-#    guest mode on asyncio parks trio's way
-#    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
-#
-# Coverage and mutation testing. CI enforces 100% branch coverage of channel.py.
-#    `pip install '.[test,mutation]' && mutmut run` mutates channel.py and runs these tests
-#    against each mutant (configured in pyproject.toml). Every mutant is killed or times
-#    out (a hang the tests detect) except the ones below, which change nothing any code
-#    can observe; `mutmut results` lists them and `mutmut show NAME` shows each.
-#
-#    - `Sender.__aexit__` returns True instead of False when there was no exception:
-#      with nothing raised there is nothing to suppress, so the value is ignored.
-#    - `_State.__init__` sets `receiver_closed` to None instead of False: it is only ever
-#      tested for truth.
-#    - `_State.close_receiver` sets `stash` to None instead of `_NOTHING`: once the
-#      receiver is closed every ask raises before it reads `stash`; either value lets
-#      go of the item.
-#    - `Receiver.asend` checkpoints when `items_delivered % 256 == 1` instead of `== 0`:
-#      the same period, one item later; the tests check the period, not the phase.
-
-
-async def in_another_loop(
-    function: Callable[[], Awaitable[Any]], *, other_kind: bool = False
-) -> Any:
-    """Run `function` in a new event loop, in a worker thread.
-
-    Of the same kind as the running one, or with `other_kind`, trio under asyncio and
-    asyncio under trio.
-    """
-    if in_trio():
-        flavour = "asyncio" if other_kind else "trio"
-    elif other_kind:
-        flavour = "trio"
-    else:
-        flavour = "uvloop" if isinstance(asyncio.get_running_loop(), uvloop.Loop) else "asyncio"
-
-    async def main() -> Any:
-        return await function()
-
-    def run() -> Any:
-        if flavour == "trio":
-            return trio.run(main)
-        if flavour == "uvloop":
-            return uvloop.run(main())
-        return asyncio.run(main())
-
-    return await anyio.to_thread.run_sync(run)
-
-
-async def itemize_after_its_block(c: Channel[int, Any]) -> None:
-    async with c.sender as itemize:
-        pass
-    await itemize(1)
-
-
-async def itemize_many_after_its_block(c: Channel[int, Any]) -> None:
-    async with c.sender as itemize:
-        pass
-    await itemize.many([1])
-
-
-async def itemize_still_waiting_when_the_block_ends(c: Channel[int, Any]) -> None:
-    errors: list[BaseException] = []
-
-    async def straggler(itemize: Any) -> None:
-        try:
-            await itemize(1)
-        except ChannelClosed as exc:
-            errors.append(exc)
-
-    async with anyio.create_task_group() as tg, c.sender as itemize:
-        tg.start_soon(straggler, itemize)
-        await settle()
-    raise errors[0]
-
-
-async def enter_the_sender_while_open(c: Channel[int, Any]) -> None:
-    async with c.sender, c.sender:
-        pass
-
-
-async def enter_the_sender_after_it_ended(c: Channel[int, Any]) -> None:
-    async with c.sender:
-        pass
-    async with c.sender:
-        pass
-
-
-async def iterate_from_two_tasks(c: Channel[int, Any]) -> None:
-    async def first() -> None:
-        with pytest.raises(ChannelClosed):  # woken by the close below
-            await anext(c.receiver)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(first)
-        await settle()
-        try:
-            await anext(c.receiver)
-        except ChannelError as exc:
-            refused = exc
-        c.receiver.close()
-    raise refused
-
-
-async def iterate_a_closed_receiver(c: Channel[int, Any]) -> None:
-    await c.receiver.aclose()
-    await anext(c.receiver)
-
-
-async def asend_on_a_closed_receiver(c: Channel[int, Any]) -> None:
-    c.receiver.close()
-    await c.receiver.asend(None)
-
-
-async def itemize_after_the_receiver_closed(c: Channel[int, Any]) -> None:
-    errors: list[BaseException] = []
-    async with c.sender as itemize:
-        c.receiver.close()
-        try:
-            await itemize(1)
-        except ReceiverClosed as exc:
-            errors.append(exc)
-            raise  # the block absorbs it
-    raise errors[0]
-
-
-async def itemize_many_after_the_receiver_closed(c: Channel[int, Any]) -> None:
-    errors: list[BaseException] = []
-    async with c.sender as itemize:
-        c.receiver.close()
-        try:
-            await itemize.many([1, 2])
-        except ReceiverClosed as exc:
-            errors.append(exc)
-            raise
-    raise errors[0]
-
-
-async def asend_a_value_before_the_first_item(c: Channel[int, Any]) -> None:
-    await c.receiver.asend(1)
-
-
-async def athrow_before_the_first_item(c: Channel[int, Any]) -> None:
-    await c.receiver.athrow(KeyError("too early"))
-
-
-async def athrow_what_is_not_an_exception(c: Channel[int, Any]) -> None:
-    await c.receiver.athrow("not an exception")  # type: ignore[arg-type]
-
-
-async def athrow_an_exception_with_a_separate_value(c: Channel[int, Any]) -> None:
-    await c.receiver.athrow(KeyError("k"), "value")
-
-
-async def athrow_on_a_closed_receiver(c: Channel[int, Any]) -> None:
-    c.receiver.close()
-    await c.receiver.athrow(KeyError("k"))
-
-
-async def batches_of_nothing(c: Channel[int, Any]) -> None:
-    c.receiver.batches(0)
-
-
-async def receive_in_a_second_event_loop(c: Channel[int, Any]) -> None:
-    async with c.sender:  # binds the channel to this loop
-        pass
-    await in_another_loop(lambda: anext(c.receiver))
-
-
-async def enter_the_sender_in_a_second_event_loop(c: Channel[int, Any]) -> None:
-    with anyio.move_on_after(0):
-        await anext(c.receiver)  # binds the channel to this loop
-
-    async def enter() -> None:
-        async with c.sender:
-            pass
-
-    await in_another_loop(enter)
-
-
-async def itemize_in_a_second_event_loop(c: Channel[int, Any]) -> None:
-    async with c.sender as itemize:
-        await in_another_loop(lambda: itemize(1))
-
-
-async def receive_in_an_event_loop_of_the_other_kind(c: Channel[int, Any]) -> None:
-    async with c.sender:
-        pass
-    await in_another_loop(lambda: anext(c.receiver), other_kind=True)
-
-
-async def use_after_its_loop_ended_in_a_new_loop_of_the_same_thread(c: Channel[int, Any]) -> None:
-    async def bind() -> None:
-        async with c.sender:
-            pass
-
-    on_trio = in_trio()
-
-    def one_thread() -> None:  # two event loops, one after the other, in one thread
-        if on_trio:
-            trio.run(bind)
-            trio.run(anext, c.receiver)
-        else:
-            asyncio.run(bind())
-            asyncio.run(anext(c.receiver))
-
-    await anyio.to_thread.run_sync(one_thread)
-
-
-async def use_here_what_another_loop_bound(c: Channel[int, Any]) -> None:
-    async def bind() -> None:
-        async with c.sender:
-            pass
-
-    await in_another_loop(bind)
-    await anext(c.receiver)
-
-
-async def use_outside_any_event_loop(c: Channel[int, Any]) -> None:
-    def outside() -> None:
-        coroutine = c.receiver.__anext__()
-        try:
-            coroutine.send(None)
-        finally:
-            coroutine.close()
-
-    await anyio.to_thread.run_sync(outside)
-
-
-async def enter_a_producer_twice(c: Channel[int, Any]) -> None:
-    @channel.producer
-    async def numbers(itemize: Any) -> None:
-        await itemize(1)
-
-    stream = numbers()
-    async with stream:
-        pass
-    async with stream:
-        pass
-
-
-async def close_twice(c: Channel[int, Any]) -> None:
-    c.receiver.close()
-    c.receiver.close()
-    await c.receiver.aclose()
-    async with c.receiver:
-        pass
-    assert "receiver closed" in repr(c)
-    async with c.sender as itemize:  # the producer still just ends
-        with pytest.raises(ReceiverClosed):
-            await itemize(1)
-
-
-async def close_after_a_clean_end(c: Channel[int, Any]) -> None:
-    async with c.sender:
-        pass
-    with pytest.raises(StopAsyncIteration):
-        await anext(c.receiver)
-    c.receiver.close()
-    c.receiver.close()
-    with pytest.raises(ChannelClosed, match="receiver was closed"):
-        await anext(c.receiver)
-
-
-async def receiver_closed_of_another_channel(c: Channel[int, Any]) -> None:
-    other: Channel[int, Any] = Channel()
-    other.receiver.close()
-    async with other.sender as other_itemize:
-        try:
-            await other_itemize(1)
-        except ReceiverClosed as exc:
-            foreign = exc
-    async with c.sender:
-        raise foreign  # ReceiverClosed of `other`: not this block's to absorb
-
-
-async def iterate_a_failed_stream_again(c: Channel[int, Any]) -> None:
-    with contextlib.suppress(Boom):
-        async with c.sender:
-            raise Boom("the block failed")
-    with pytest.raises(SenderFailed):
-        await anext(c.receiver)
-    await anext(c.receiver)  # keeps failing: a truncated stream never looks complete
-
-
-# The messages in full: they are what a user reads, so a change of wording is a change here.
-AFTER_ITS_BLOCK = (
-    "itemize was called after its sender block ended; call it only inside the "
-    "`async with c.sender` block (a task that shares it must finish before the block exits)"
-)
-RECEIVER_WAS_CLOSED = "this receiver was closed; create a new Channel to receive again"
-NOBODY_WILL_TAKE_IT = (
-    "the receiver was closed, so nobody will take this item; stop producing "
-    "(the sender block absorbs this exception)"
-)
-ANOTHER_LOOP = (
-    "this channel belongs to another event loop (or trio run); "
-    "create the Channel again inside the loop that uses it"
-)
-
-MISUSES = [
-    pytest.param(itemize_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
-    pytest.param(itemize_many_after_its_block, ChannelClosed, AFTER_ITS_BLOCK),
-    pytest.param(
-        itemize_still_waiting_when_the_block_ends,
-        ChannelClosed,
-        "the sender block ended while this itemize was waiting, so its item was not "
-        "delivered; make the tasks that share itemize finish inside the block "
-        "(a task group does that)",
-    ),
-    pytest.param(
-        enter_the_sender_while_open,
-        ChannelClosed,
-        "this channel's sender block is already open; "
-        "share its itemize instead of entering the sender again",
-    ),
-    pytest.param(
-        enter_the_sender_after_it_ended,
-        ChannelClosed,
-        "this channel's sender block has already ended; a channel carries one stream, "
-        "so create a new Channel for another one",
-    ),
-    pytest.param(
-        iterate_from_two_tasks,
-        ChannelError,
-        "another task is already waiting for an item from this receiver; a receiver has "
-        "one consumer at a time (give each consumer its own channel, or fan items out "
-        "from one consuming task)",
-    ),
-    pytest.param(iterate_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
-    pytest.param(asend_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
-    pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
-    pytest.param(itemize_many_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
-    pytest.param(
-        asend_a_value_before_the_first_item,
-        ChannelError,
-        "asend() with a value before the first item: no itemize is waiting for a reply "
-        "yet; ask for the first item with anext() or asend(None)",
-    ),
-    pytest.param(
-        athrow_before_the_first_item,
-        ChannelError,
-        "athrow() before the first item: no itemize is waiting for it yet; "
-        "ask for the first item with anext() or asend(None)",
-    ),
-    pytest.param(
-        athrow_what_is_not_an_exception,
-        TypeError,
-        "exceptions must be classes or instances deriving from BaseException, not str",
-    ),
-    pytest.param(
-        athrow_an_exception_with_a_separate_value,
-        TypeError,
-        "instance exception may not have a separate value",
-    ),
-    pytest.param(athrow_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
-    pytest.param(batches_of_nothing, ValueError, "max_items must be at least 1, not 0"),
-    pytest.param(receive_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
-    pytest.param(enter_the_sender_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
-    pytest.param(itemize_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
-    pytest.param(use_here_what_another_loop_bound, ChannelError, ANOTHER_LOOP),
-    pytest.param(
-        use_after_its_loop_ended_in_a_new_loop_of_the_same_thread, ChannelError, ANOTHER_LOOP
-    ),
-    pytest.param(receive_in_an_event_loop_of_the_other_kind, ChannelError, ANOTHER_LOOP),
-    pytest.param(
-        use_outside_any_event_loop,
-        ChannelError,
-        "a channel can only be used from a task running on asyncio, uvloop or trio",
-    ),
-    pytest.param(
-        enter_a_producer_twice,
-        ChannelError,
-        "this producer was already entered; call the producer function again for a new stream",
-    ),
-    pytest.param(receiver_closed_of_another_channel, ReceiverClosed, NOBODY_WILL_TAKE_IT),
-    pytest.param(
-        iterate_a_failed_stream_again,
-        SenderFailed,
-        "the sender block ended with Boom('the block failed'), so the stream is incomplete",
-    ),
-    pytest.param(close_twice, None, "", id="close_twice-harmless"),
-    pytest.param(close_after_a_clean_end, None, "", id="close_after_a_clean_end-harmless"),
-]
-
-
-@pytest.mark.parametrize(("misuse", "expected", "message"), MISUSES)
-async def test_misuse_is_loud(
-    misuse: Callable[[Channel[int, Any]], Awaitable[None]],
-    expected: type[BaseException] | None,
-    message: str,
-) -> None:
-    c: Channel[int, Any] = Channel()
-    if expected is None:  # harmless: no exception at all
-        with anyio.fail_after(RUN_LIMIT):
-            await misuse(c)
-        return
-    with pytest.raises(BaseException) as caught:  # noqa: PT011 - the exact type is checked below
-        with anyio.fail_after(RUN_LIMIT):
-            await misuse(c)
-    assert type(caught.value) is expected, repr(caught.value)
-    assert str(caught.value) == message
 
 
 # --- Exceptions travel as they would through a generator --------------------------------------
