@@ -1289,6 +1289,68 @@ async def test_misuse_is_loud(
     assert str(caught.value) == message
 
 
+# --- 8. Backends: detected when a channel is first used ------------------------------
+
+
+@pytest.mark.parametrize("host", ["asyncio", "uvloop"])
+def test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters(host: str) -> None:
+    """README: the backend is detected when the channel is first used; here that is trio."""
+
+    async def trio_main() -> list[int]:
+        c: Channel[int, Any] = Channel()
+
+        async def produce() -> None:
+            async with c.sender as itemize:
+                for i in range(3):
+                    await itemize(i)
+
+        with trio.fail_after(RUN_LIMIT):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                return [i async for i in c.receiver]
+
+    async def host_main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+        trio.lowlevel.start_guest_run(
+            trio_main,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+            host_uses_signal_set_wakeup_fd=True,
+        )
+        return (await done).unwrap()  # type: ignore[no-any-return]
+
+    runner = uvloop.run if host == "uvloop" else asyncio.run
+    assert runner(host_main()) == [0, 1, 2]
+
+
+async def test_a_delegation_cut_short_by_the_end_of_the_block() -> None:
+    """Another task's itemize.many, delegating when the block ends: ChannelClosed, closed."""
+    c: Channel[int, Any] = Channel()
+    happened: list[str] = []
+
+    def numbers() -> Generator[int, Any, None]:
+        try:
+            yield from itertools.count()
+        finally:
+            happened.append("generator closed")
+
+    async def delegate(itemize: Any) -> None:
+        try:
+            await itemize.many(numbers())
+        except ChannelClosed as exc:
+            happened.append(f"ChannelClosed: {exc}")
+
+    with anyio.fail_after(RUN_LIMIT):
+        async with anyio.create_task_group() as tg:
+            async with c.sender as itemize:
+                tg.start_soon(delegate, itemize)
+                assert await anext(c.receiver) == 0  # delegating now
+            assert [item async for item in c.receiver] == []  # the block ended cleanly
+    assert happened[0] == "generator closed"
+    assert happened[1].startswith("ChannelClosed: the sender block ended while"), happened
+
+
 # --- Where a channel differs from an async generator ----------------------------------
 #
 # Each test shows the generator's behaviour beside the channel's, as the README lists them.
@@ -2902,6 +2964,156 @@ async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_cons
     assert scope.cancelled_caught
 
 
+# --- Exceptions travel as they would through a generator --------------------------------------
+
+
+def _failing_generator() -> Generator[int, Any, None]:
+    yield 1
+    raise ValueError("the iterable failed")
+
+
+async def an_iterable_that_fails_in_itemize_many() -> object:
+    """The iterable's exception is raised by itemize.many in the producer, not in the receiver."""
+    c: Channel[int, Any] = Channel()
+    raised: list[BaseException] = []
+
+    async def produce() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize.many(_failing_generator())
+            except ValueError as exc:
+                raised.append(exc)
+            await itemize(2)  # the stream goes on
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(produce)
+        received = [item async for item in c.receiver]
+    assert received == [1, 2]
+    return raised[0]
+
+
+async def a_producer_function_that_fails() -> object:
+    """Its exception leaves the `async with` as itself, not as the receiver's SenderFailed."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+        raise Boom("the producer function failed")
+
+    async with numbers() as items:
+        async for _ in items:  # raises SenderFailed here; the `async with` replaces it
+            pass
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_producer_function_with_two_errors() -> object:
+    """Several errors leave the `async with` as a group of them, without SenderFailed."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        await itemize(1)
+        raise ExceptionGroup("two", [Boom("one"), ValueError("two")])
+
+    try:
+        async with numbers() as items:
+            async for _ in items:
+                pass
+    except ExceptionGroup as group:
+        return group
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_producer_function_failing_beside_its_stop_signal() -> object:
+    """After the consumer leaves, ReceiverClosed of one task never reaches the consumer."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        async def fails_later() -> None:
+            with anyio.CancelScope(shield=True):
+                for _ in range(20):
+                    await checkpoint()
+            raise Boom("failed while the other task stopped")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(fails_later)
+            for i in itertools.count():
+                await itemize(i)  # ReceiverClosed once the consumer leaves
+
+    async with numbers() as items:
+        assert await anext(items) == 0
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def a_consumer_and_its_producer_function_that_both_fail() -> object:
+    """Two real errors, the consumer's and the producer's, leave as a group of both."""
+
+    @channel.producer
+    async def numbers(itemize: Any) -> None:
+        raise Boom("the producer function failed")
+
+    async with numbers() as items:
+        with pytest.raises(SenderFailed):
+            await anext(items)  # starts the function, which fails
+        raise ValueError("the consumer failed")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def an_empty_delegation_ahead_of_an_item() -> object:
+    """itemize.many([]) returns when the receiver asks, which then takes the next item."""
+    c: Channel[str, Any] = Channel()
+    returned: list[object] = []
+
+    async def delegate(itemize: Any) -> None:
+        returned.append(await itemize.many([]))
+
+    async with anyio.create_task_group() as tg:
+        async with c.sender as itemize:
+            tg.start_soon(delegate, itemize)
+            await settle()
+            tg.start_soon(itemize, "after")
+            while c.statistics().producers_waiting < 2:
+                await checkpoint()
+            assert await anext(c.receiver) == "after"
+        assert [item async for item in c.receiver] == []
+    assert returned == [None]
+    raise Boom("done")  # the expected outcome of this scenario
+
+
+EXCEPTION_PATHS = [
+    pytest.param(an_iterable_that_fails_in_itemize_many, ValueError, "the iterable failed", []),
+    pytest.param(a_producer_function_that_fails, Boom, "the producer function failed", []),
+    pytest.param(a_producer_function_with_two_errors, ExceptionGroup, "two (2", [Boom, ValueError]),
+    pytest.param(  # the function's own task group raised it: a group, without ReceiverClosed
+        a_producer_function_failing_beside_its_stop_signal, ExceptionGroup, "(1 sub", [Boom]
+    ),
+    pytest.param(
+        a_consumer_and_its_producer_function_that_both_fail,
+        ExceptionGroup,
+        "(2 sub",
+        [Boom, ValueError],
+    ),
+    pytest.param(an_empty_delegation_ahead_of_an_item, Boom, "done", []),
+]
+
+
+@pytest.mark.parametrize(("scenario", "expected", "message", "inside"), EXCEPTION_PATHS)
+async def test_exceptions_travel_as_through_a_generator(
+    scenario: Callable[[], Awaitable[object]],
+    expected: type[BaseException],
+    message: str,
+    inside: list[type[BaseException]],
+) -> None:
+    try:
+        with anyio.fail_after(RUN_LIMIT):
+            exc = await scenario()
+    except BaseException as raised:
+        exc = raised
+    assert type(exc) is expected, repr(exc)
+    assert message in str(exc)
+    if isinstance(exc, BaseExceptionGroup):
+        assert [type(e) for e in exc.exceptions] == inside, exc.exceptions
+
+
 # --- Introspection, names, import -------------------------------------------------------
 
 
@@ -3215,215 +3427,3 @@ def test_examples_print_what_they_promise(script: Path) -> None:
 # Checked as code, not run: tests/typing/accepted.py (what must be accepted, and
 # assert_type for what must be inferred) and tests/typing/rejected.py (each error
 # that must be reported, named), by mypy --strict and pyright in CI.
-
-
-# --- Exceptions travel as they would through a generator --------------------------------------
-
-
-def _failing_generator() -> Generator[int, Any, None]:
-    yield 1
-    raise ValueError("the iterable failed")
-
-
-async def an_iterable_that_fails_in_itemize_many() -> object:
-    """The iterable's exception is raised by itemize.many in the producer, not in the receiver."""
-    c: Channel[int, Any] = Channel()
-    raised: list[BaseException] = []
-
-    async def produce() -> None:
-        async with c.sender as itemize:
-            try:
-                await itemize.many(_failing_generator())
-            except ValueError as exc:
-                raised.append(exc)
-            await itemize(2)  # the stream goes on
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(produce)
-        received = [item async for item in c.receiver]
-    assert received == [1, 2]
-    return raised[0]
-
-
-async def a_producer_function_that_fails() -> object:
-    """Its exception leaves the `async with` as itself, not as the receiver's SenderFailed."""
-
-    @channel.producer
-    async def numbers(itemize: Any) -> None:
-        await itemize(1)
-        raise Boom("the producer function failed")
-
-    async with numbers() as items:
-        async for _ in items:  # raises SenderFailed here; the `async with` replaces it
-            pass
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def a_producer_function_with_two_errors() -> object:
-    """Several errors leave the `async with` as a group of them, without SenderFailed."""
-
-    @channel.producer
-    async def numbers(itemize: Any) -> None:
-        await itemize(1)
-        raise ExceptionGroup("two", [Boom("one"), ValueError("two")])
-
-    try:
-        async with numbers() as items:
-            async for _ in items:
-                pass
-    except ExceptionGroup as group:
-        return group
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def a_producer_function_failing_beside_its_stop_signal() -> object:
-    """After the consumer leaves, ReceiverClosed of one task never reaches the consumer."""
-
-    @channel.producer
-    async def numbers(itemize: Any) -> None:
-        async def fails_later() -> None:
-            with anyio.CancelScope(shield=True):
-                for _ in range(20):
-                    await checkpoint()
-            raise Boom("failed while the other task stopped")
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(fails_later)
-            for i in itertools.count():
-                await itemize(i)  # ReceiverClosed once the consumer leaves
-
-    async with numbers() as items:
-        assert await anext(items) == 0
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def a_consumer_and_its_producer_function_that_both_fail() -> object:
-    """Two real errors, the consumer's and the producer's, leave as a group of both."""
-
-    @channel.producer
-    async def numbers(itemize: Any) -> None:
-        raise Boom("the producer function failed")
-
-    async with numbers() as items:
-        with pytest.raises(SenderFailed):
-            await anext(items)  # starts the function, which fails
-        raise ValueError("the consumer failed")
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def an_empty_delegation_ahead_of_an_item() -> object:
-    """itemize.many([]) returns when the receiver asks, which then takes the next item."""
-    c: Channel[str, Any] = Channel()
-    returned: list[object] = []
-
-    async def delegate(itemize: Any) -> None:
-        returned.append(await itemize.many([]))
-
-    async with anyio.create_task_group() as tg:
-        async with c.sender as itemize:
-            tg.start_soon(delegate, itemize)
-            await settle()
-            tg.start_soon(itemize, "after")
-            while c.statistics().producers_waiting < 2:
-                await checkpoint()
-            assert await anext(c.receiver) == "after"
-        assert [item async for item in c.receiver] == []
-    assert returned == [None]
-    raise Boom("done")  # the expected outcome of this scenario
-
-
-EXCEPTION_PATHS = [
-    pytest.param(an_iterable_that_fails_in_itemize_many, ValueError, "the iterable failed", []),
-    pytest.param(a_producer_function_that_fails, Boom, "the producer function failed", []),
-    pytest.param(a_producer_function_with_two_errors, ExceptionGroup, "two (2", [Boom, ValueError]),
-    pytest.param(  # the function's own task group raised it: a group, without ReceiverClosed
-        a_producer_function_failing_beside_its_stop_signal, ExceptionGroup, "(1 sub", [Boom]
-    ),
-    pytest.param(
-        a_consumer_and_its_producer_function_that_both_fail,
-        ExceptionGroup,
-        "(2 sub",
-        [Boom, ValueError],
-    ),
-    pytest.param(an_empty_delegation_ahead_of_an_item, Boom, "done", []),
-]
-
-
-@pytest.mark.parametrize(("scenario", "expected", "message", "inside"), EXCEPTION_PATHS)
-async def test_exceptions_travel_as_through_a_generator(
-    scenario: Callable[[], Awaitable[object]],
-    expected: type[BaseException],
-    message: str,
-    inside: list[type[BaseException]],
-) -> None:
-    try:
-        with anyio.fail_after(RUN_LIMIT):
-            exc = await scenario()
-    except BaseException as raised:
-        exc = raised
-    assert type(exc) is expected, repr(exc)
-    assert message in str(exc)
-    if isinstance(exc, BaseExceptionGroup):
-        assert [type(e) for e in exc.exceptions] == inside, exc.exceptions
-
-
-# --- Backend detection ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("host", ["asyncio", "uvloop"])
-def test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters(host: str) -> None:
-    """README: the backend is detected when the channel is first used; here that is trio."""
-
-    async def trio_main() -> list[int]:
-        c: Channel[int, Any] = Channel()
-
-        async def produce() -> None:
-            async with c.sender as itemize:
-                for i in range(3):
-                    await itemize(i)
-
-        with trio.fail_after(RUN_LIMIT):
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(produce)
-                return [i async for i in c.receiver]
-
-    async def host_main() -> list[int]:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
-        trio.lowlevel.start_guest_run(
-            trio_main,
-            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
-            done_callback=done.set_result,
-            host_uses_signal_set_wakeup_fd=True,
-        )
-        return (await done).unwrap()  # type: ignore[no-any-return]
-
-    runner = uvloop.run if host == "uvloop" else asyncio.run
-    assert runner(host_main()) == [0, 1, 2]
-
-
-async def test_a_delegation_cut_short_by_the_end_of_the_block() -> None:
-    """Another task's itemize.many, delegating when the block ends: ChannelClosed, closed."""
-    c: Channel[int, Any] = Channel()
-    happened: list[str] = []
-
-    def numbers() -> Generator[int, Any, None]:
-        try:
-            yield from itertools.count()
-        finally:
-            happened.append("generator closed")
-
-    async def delegate(itemize: Any) -> None:
-        try:
-            await itemize.many(numbers())
-        except ChannelClosed as exc:
-            happened.append(f"ChannelClosed: {exc}")
-
-    with anyio.fail_after(RUN_LIMIT):
-        async with anyio.create_task_group() as tg:
-            async with c.sender as itemize:
-                tg.start_soon(delegate, itemize)
-                assert await anext(c.receiver) == 0  # delegating now
-            assert [item async for item in c.receiver] == []  # the block ended cleanly
-    assert happened[0] == "generator closed"
-    assert happened[1].startswith("ChannelClosed: the sender block ended while"), happened
