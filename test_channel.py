@@ -3159,6 +3159,7 @@ async def test_repr_and_statistics_show_the_state_and_who_waits_never_the_items(
     assert c3.statistics() != "failed"
 
 
+@pytest.mark.as_shipped
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in vars(channel) if not name.startswith("_")}
     imported = {"annotations", "sys", "GenericAlias", "TYPE_CHECKING", "Generic", "Protocol"}
@@ -3186,6 +3187,7 @@ def test_exception_hierarchy() -> None:
     assert not issubclass(ReceiverClosed, Exception)
 
 
+@pytest.mark.as_shipped
 def test_importing_channel_imports_no_event_loop_and_no_typing() -> None:
     code = "import sys, channel; print(sorted({'asyncio', 'trio', 'typing'} & set(sys.modules)))"
     result = subprocess.run(
@@ -3372,6 +3374,7 @@ def _readme_programs() -> list[tuple[str, str | None]]:
     return programs
 
 
+@pytest.mark.as_shipped
 @pytest.mark.parametrize("index", range(len(_readme_programs())))
 def test_readme_code_runs_as_printed(index: int, tmp_path: Path) -> None:
     source, expected = _readme_programs()[index]
@@ -3391,6 +3394,7 @@ def test_readme_code_runs_as_printed(index: int, tmp_path: Path) -> None:
         assert result.stdout == expected
 
 
+@pytest.mark.as_shipped
 def test_ci_runs_the_readme_test_command() -> None:
     readme_commands = [
         line.strip()
@@ -3405,6 +3409,7 @@ def _example_outputs() -> list[Path]:
     return sorted((ROOT / "examples").glob("*.py"))
 
 
+@pytest.mark.as_shipped
 @pytest.mark.parametrize("script", _example_outputs(), ids=lambda path: path.name)
 def test_examples_print_what_they_promise(script: Path) -> None:
     expected = re.search(r'\nPrints:\n(.*?)"""', script.read_text(), re.S)

@@ -896,6 +896,7 @@ async def test_unstarted_producer_leaves_no_unawaited_coroutine(
     assert unraisable == []
 
 
+@pytest.mark.as_shipped
 def test_no_anyio_at_run_time() -> None:
     """The feature uses asyncio.TaskGroup or a trio nursery, never anyio."""
     code = textwrap.dedent(
