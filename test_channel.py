@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import types
 import weakref
 from collections.abc import (
@@ -858,6 +859,31 @@ def test_a_second_loop_taking_turns_in_the_same_thread_is_refused(flavour: str) 
         second.close()
 
 
+def test_a_channel_used_from_a_loop_in_another_thread_is_refused() -> None:
+    """While its own loop runs, in its thread: the hot path's thread check alone refuses it."""
+    c: Channel[int] = Channel()
+    bound = threading.Event()
+    release = threading.Event()
+
+    async def owner() -> None:
+        async with c.sender:
+            bound.set()
+            await asyncio.to_thread(release.wait, STEP)  # this loop keeps running
+
+    async def intruder() -> None:
+        with pytest.raises(ChannelError, match="belongs to another event loop"):
+            await anext(c.receiver)
+
+    thread = threading.Thread(target=asyncio.run, args=(owner(),))
+    thread.start()
+    try:
+        assert bound.wait(STEP)
+        asyncio.run(intruder())
+    finally:
+        release.set()
+        thread.join(STEP)
+
+
 @pytest.mark.parametrize("runner", ["asyncio", "uvloop", "trio"])
 def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -> None:
     c: Channel[int] = Channel()
@@ -873,27 +899,8 @@ def test_a_channel_created_outside_the_event_loop_works_inside_it(runner: str) -
 
 # --- Misuse is loud: one table --------------------------------------------------------
 #
-# `test_misuse_is_loud`: one table of every misuse, with the exact exception
-#    type and the whole message; closing twice is harmless. Also: exceptions travel as
-#    through a generator (`test_exceptions_travel_as_through_a_generator`), and trio in
-#    guest mode on asyncio parks trio's way
-#    (`test_trio_in_guest_mode_on_an_asyncio_loop_gets_trio_waiters`).
-#
-# Coverage and mutation testing. CI enforces 100% branch coverage of channel.py.
-#    `pip install '.[test,mutation]' && mutmut run` mutates channel.py and runs these tests
-#    against each mutant (configured in pyproject.toml). Every mutant is killed or times
-#    out (a hang the tests detect) except the ones below, which change nothing any code
-#    can observe; `mutmut results` lists them and `mutmut show NAME` shows each.
-#
-#    - `Sender.__aexit__` returns True instead of False when there was no exception:
-#      with nothing raised there is nothing to suppress, so the value is ignored.
-#    - `_State.__init__` sets `receiver_closed` to None instead of False: it is only ever
-#      tested for truth.
-#    - `_State.close_receiver` sets `stash` to None instead of `_NOTHING`: once the
-#      receiver is closed every ask raises before it reads `stash`; either value lets
-#      go of the item.
-#    - `Receiver.asend` checkpoints when `items_delivered % 256 == 1` instead of `== 0`:
-#      the same period, one item later; the tests check the period, not the phase.
+# `test_misuse_is_loud`: every misuse, with the exact exception type and the whole
+# message; closing twice is harmless.
 
 
 async def in_another_loop(
@@ -1065,6 +1072,11 @@ async def enter_the_sender_in_a_second_event_loop(c: Channel[int, Any]) -> None:
 async def itemize_in_a_second_event_loop(c: Channel[int, Any]) -> None:
     async with c.sender as itemize:
         await in_another_loop(lambda: itemize(1))
+
+
+async def itemize_many_in_a_second_event_loop(c: Channel[int, Any]) -> None:
+    async with c.sender as itemize:
+        await in_another_loop(lambda: itemize.many([1]))
 
 
 async def receive_in_an_event_loop_of_the_other_kind(c: Channel[int, Any]) -> None:
@@ -1245,6 +1257,7 @@ MISUSES = [
     pytest.param(receive_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
     pytest.param(enter_the_sender_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
     pytest.param(itemize_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
+    pytest.param(itemize_many_in_a_second_event_loop, ChannelError, ANOTHER_LOOP),
     pytest.param(use_here_what_another_loop_bound, ChannelError, ANOTHER_LOOP),
     pytest.param(
         use_after_its_loop_ended_in_a_new_loop_of_the_same_thread, ChannelError, ANOTHER_LOOP
@@ -2166,6 +2179,66 @@ async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_it
     assert sorted(received) == list(range(600))
 
 
+async def test_a_delegation_cancelled_before_its_task_runs_again_gives_no_more_items() -> None:
+    """On asyncio the producer's future is cancelled at once and its task resumes later."""
+    c: Channel[Any] = Channel()
+    pulled: list[int] = []
+    scopes: list[anyio.CancelScope] = []
+
+    def numbers() -> Generator[int]:
+        for i in range(5):
+            pulled.append(i)
+            yield i
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await itemize.many(numbers())
+            await itemize("after")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert await anext(c.receiver) == 0
+            scopes[0].cancel()  # the producer has not run since
+            assert await anext(c.receiver) == "after"
+            assert await collect(c.receiver) == []
+    assert pulled == [0]
+
+
+async def test_a_batch_after_a_kept_item_pulls_nothing_from_a_cancelled_delegation() -> None:
+    c: Channel[Any] = Channel()
+    pulled: list[int] = []
+    scopes: list[anyio.CancelScope] = []
+
+    def numbers() -> Generator[int]:
+        for i in range(1000):
+            pulled.append(i)
+            yield i
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with anyio.CancelScope() as scope:
+                scopes.append(scope)
+                await itemize.many(numbers())
+            await itemize("after")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            assert [await anext(c.receiver) for _ in range(255)] == list(range(255))
+            with anyio.CancelScope() as receiving:
+                receiving.cancel()
+                await anext(c.receiver)  # the 256th item: cancelled at its checkpoint, kept
+            assert receiving.cancelled_caught
+            scopes[0].cancel()  # the producer has not run since
+            batches = aiter(c.receiver.batches(10))
+            assert await anext(batches) == [255]  # the kept item, and nothing more pulled
+            assert await anext(batches) == ["after"]
+    assert pulled == list(range(256))
+
+
 async def test_a_consumer_reading_a_long_many_stream_can_be_cancelled_without_loss() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
@@ -2599,6 +2672,23 @@ async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
             with pytest.raises(ChannelClosed):
                 await anext(batches)
     assert events == ["generator closed"]
+
+
+async def test_a_batch_fills_up_from_producers_waiting_in_line() -> None:
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize, anyio.create_task_group() as tg:
+            for i in range(3):
+                tg.start_soon(itemize, i)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            await wait_until(lambda: c.statistics().producers_waiting == 3)
+            batches = [batch async for batch in c.receiver.batches(2)]
+    assert [len(batch) for batch in batches] == [2, 1]
+    assert sorted(item for batch in batches for item in batch) == [0, 1, 2]
 
 
 def test_batches_need_a_positive_size() -> None:
