@@ -2163,14 +2163,13 @@ async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_it
     assert sorted(received) == list(range(600))
 
 
-async def test_a_delegation_cancelled_before_its_task_runs_again_gives_no_more_items() -> None:
-    """On asyncio the producer's future is cancelled at once and its task resumes later."""
-    c: Channel[Any] = Channel()
-    pulled: list[int] = []
-    scopes: list[anyio.CancelScope] = []
+def delegating_in_a_scope(
+    c: Channel[Any], count: int, pulled: list[int], scopes: list[anyio.CancelScope]
+) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A producer that delegates to ``range(count)`` in a cancel scope, then gives "after"."""
 
     def numbers() -> Generator[int]:
-        for i in range(5):
+        for i in range(count):
             pulled.append(i)
             yield i
 
@@ -2181,9 +2180,17 @@ async def test_a_delegation_cancelled_before_its_task_runs_again_gives_no_more_i
                 await itemize.many(numbers())
             await itemize("after")
 
+    return producer
+
+
+async def test_a_delegation_cancelled_before_its_task_runs_again_gives_no_more_items() -> None:
+    """On asyncio the producer's future is cancelled at once and its task resumes later."""
+    c: Channel[Any] = Channel()
+    pulled: list[int] = []
+    scopes: list[anyio.CancelScope] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
+            tg.start_soon(delegating_in_a_scope(c, 5, pulled, scopes))
             assert await anext(c.receiver) == 0
             scopes[0].cancel()  # the producer has not run since
             assert await anext(c.receiver) == "after"
@@ -2195,22 +2202,9 @@ async def test_a_batch_after_a_kept_item_pulls_nothing_from_a_cancelled_delegati
     c: Channel[Any] = Channel()
     pulled: list[int] = []
     scopes: list[anyio.CancelScope] = []
-
-    def numbers() -> Generator[int]:
-        for i in range(1000):
-            pulled.append(i)
-            yield i
-
-    async def producer() -> None:
-        async with c.sender as itemize:
-            with anyio.CancelScope() as scope:
-                scopes.append(scope)
-                await itemize.many(numbers())
-            await itemize("after")
-
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
+            tg.start_soon(delegating_in_a_scope(c, 1000, pulled, scopes))
             assert [await anext(c.receiver) for _ in range(255)] == list(range(255))
             with anyio.CancelScope() as receiving:
                 receiving.cancel()
