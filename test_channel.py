@@ -2144,18 +2144,23 @@ async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
     assert received == list(range(1, 2048))
 
 
-async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_items() -> None:
-    """Queued items are taken without waiting too, so the receiver checkpoints there as well."""
-    c: Channel[int] = Channel()
+def producers_in_line(c: Channel[int], count: int) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A sender block whose ``count`` tasks share ``itemize``, each handing over its number."""
 
     async def producer() -> None:
         async with c.sender as itemize, anyio.create_task_group() as tg:
-            for i in range(600):
+            for i in range(count):
                 tg.start_soon(itemize, i)
 
+    return producer
+
+
+async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_items() -> None:
+    """Queued items are taken without waiting too, so the receiver checkpoints there as well."""
+    c: Channel[int] = Channel()
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
+            tg.start_soon(producers_in_line(c, 600))
             await wait_until(lambda: c.statistics().producers_waiting == 600)
             received = await read_until_cancelled(c.receiver)
             assert 0 < len(received) <= 256
@@ -2654,15 +2659,9 @@ async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
 
 async def test_a_batch_fills_up_from_producers_waiting_in_line() -> None:
     c: Channel[int] = Channel()
-
-    async def producer() -> None:
-        async with c.sender as itemize, anyio.create_task_group() as tg:
-            for i in range(3):
-                tg.start_soon(itemize, i)
-
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
+            tg.start_soon(producers_in_line(c, 3))
             await wait_until(lambda: c.statistics().producers_waiting == 3)
             batches = [batch async for batch in c.receiver.batches(2)]
     assert [len(batch) for batch in batches] == [2, 1]
