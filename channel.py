@@ -37,6 +37,7 @@ __all__ = [
     "SenderFailed",
     "producer",
 ]
+__version__ = "0.2.0"  # the only place it is written: the build reads it from here
 
 import sys
 from _thread import get_ident as _get_ident

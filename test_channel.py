@@ -6,6 +6,7 @@ import asyncio
 import collections.abc
 import contextlib
 import gc
+import importlib.metadata
 import inspect
 import itertools
 import re
@@ -3244,6 +3245,13 @@ def test_all_lists_exactly_the_public_names() -> None:
         "SenderFailed",
         "producer",
     ]
+
+
+def test_the_version_is_the_installed_distributions_and_the_changelogs_newest() -> None:
+    assert channel.__version__ == importlib.metadata.version("yieldchannel")
+    newest = re.search(r"^## (\S+)", (ROOT / "CHANGELOG.md").read_text(), re.M)
+    assert newest, "CHANGELOG.md must have a '## <version>' heading per release"
+    assert newest.group(1) == channel.__version__
 
 
 def test_exception_hierarchy() -> None:
