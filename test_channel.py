@@ -22,6 +22,7 @@ from collections.abc import (
     Callable,
     Coroutine,
     Generator,
+    Iterable,
     Iterator,
 )
 from pathlib import Path
@@ -29,7 +30,9 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.from_thread
 import anyio.lowlevel
+import anyio.to_thread
 import pytest
 import trio
 import uvloop
@@ -3030,6 +3033,145 @@ async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_cons
             scope.cancel()
             await wait_until(lambda: events == ["busy elsewhere"])
     assert scope.cancelled_caught
+
+
+# --- Producers in threads, through the backends' own bridges ---------------------------
+#
+# A blocking API runs in a worker thread and calls back with each item; the callback
+# hands it to `itemize` through the backend's bridge, and the bridge's call returns
+# when `itemize` does. "native" is asyncio.run_coroutine_threadsafe under asyncio and
+# uvloop, trio.from_thread.run under trio; "anyio" is anyio.from_thread.run.
+
+
+def _blocking_source(
+    items: Iterable[int], push: Callable[[int], object], stops: list[BaseException | None]
+) -> None:
+    """A blocking API that calls back with each item, as a sync SDK or a cursor does."""
+    try:
+        for item in items:
+            push(item)
+    except BaseException as exc:
+        stops.append(exc)  # how the thread stopped: what its last push raised
+        raise
+    stops.append(None)
+
+
+async def _produce_in_thread(
+    c: Channel[int], items: Iterable[int], stops: list[BaseException | None], bridge: str
+) -> None:
+    async with c.sender as itemize:
+        if bridge == "anyio":
+            push: Callable[[int], object] = lambda item: anyio.from_thread.run(itemize, item)  # noqa: E731
+            await anyio.to_thread.run_sync(_blocking_source, items, push, stops)
+        elif in_trio():
+            push = lambda item: trio.from_thread.run(itemize, item)  # noqa: E731
+            await trio.to_thread.run_sync(_blocking_source, items, push, stops)
+        else:
+            loop = asyncio.get_running_loop()
+            push = lambda item: asyncio.run_coroutine_threadsafe(itemize(item), loop).result()  # noqa: E731
+            await asyncio.to_thread(_blocking_source, items, push, stops)
+
+
+@pytest.fixture(params=["native", "anyio"])
+def bridge(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+async def test_a_thread_feeds_the_consumer_in_order_and_its_end_ends_the_loop(bridge: str) -> None:
+    c: Channel[int] = Channel()
+    stops: list[BaseException | None] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce_in_thread, c, range(100), stops, bridge)
+            assert await collect(c.receiver) == list(range(100))
+            assert stops == [None]  # the thread returned before the loop ended
+
+
+async def test_a_consumer_leaving_early_stops_the_thread_by_receiver_closed(bridge: str) -> None:
+    c: Channel[int] = Channel()
+    stops: list[BaseException | None] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce_in_thread, c, itertools.count(), stops, bridge)
+            async with c.receiver:
+                async for item in c.receiver:
+                    if item == 3:
+                        break
+    assert [type(stop) for stop in stops] == [ReceiverClosed]  # and the block absorbed it
+
+
+async def test_a_thread_that_fails_makes_the_receiver_raise_sender_failed_from_its_error(
+    bridge: str,
+) -> None:
+    c: Channel[int] = Channel()
+    stops: list[BaseException | None] = []
+
+    def items() -> Iterator[int]:
+        yield 1
+        raise Boom
+
+    received: list[int] = []
+    with anyio.fail_after(STEP), pytest.RaisesGroup(Boom):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce_in_thread, c, items(), stops, bridge)
+            with pytest.raises(SenderFailed) as failed:
+                async for item in c.receiver:
+                    received.append(item)
+            assert isinstance(failed.value.__cause__, Boom)
+    assert received == [1]
+    assert [type(stop) for stop in stops] == [Boom]
+
+
+async def test_cancelling_the_consumer_stops_the_thread_and_ends_the_block_cleanly(
+    bridge: str,
+) -> None:
+    c: Channel[int] = Channel()
+    stops: list[BaseException | None] = []
+    received: list[int] = []
+
+    async def consume() -> None:
+        with anyio.CancelScope() as scope:  # a timeout, for instance
+            async with c.receiver:
+                async for item in c.receiver:
+                    received.append(item)
+                    if item == 3:
+                        scope.cancel()
+        assert scope.cancelled_caught
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce_in_thread, c, itertools.count(), stops, bridge)
+            tg.start_soon(consume)
+    assert received == [0, 1, 2, 3]
+    assert [type(stop) for stop in stops] == [ReceiverClosed]
+
+
+async def test_cancelling_the_producer_stops_the_thread_at_its_next_item(bridge: str) -> None:
+    c: Channel[int] = Channel()
+    stops: list[BaseException | None] = []
+    scope = anyio.CancelScope()
+    stops_when_the_block_ended: list[BaseException | None] = []
+
+    async def produce() -> None:
+        with scope:
+            await _produce_in_thread(c, itertools.count(), stops, bridge)
+        stops_when_the_block_ended.extend(stops)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            with pytest.raises(SenderFailed) as failed:
+                async for item in c.receiver:
+                    if item == 3:
+                        scope.cancel()
+            assert isinstance(failed.value.__cause__, support.CANCELLED)
+        await wait_until(lambda: bool(stops))  # the thread stops
+    if bridge == "anyio" or in_trio():  # the block waited for the thread
+        assert stops_when_the_block_ended == stops
+        assert isinstance(stops[0], support.CANCELLED)
+    else:  # to_thread returned at once; the thread's next itemize found the block ended
+        assert stops_when_the_block_ended == []
+        assert isinstance(stops[0], ChannelClosed)
 
 
 # --- Exceptions travel as they would through a generator --------------------------------------
