@@ -28,11 +28,13 @@ from collections.abc import (
 from pathlib import Path
 from typing import Any
 
+import aiostream
 import anyio
 import anyio.abc
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
+import asyncstdlib
 import pytest
 import trio
 import uvloop
@@ -3172,6 +3174,136 @@ async def test_cancelling_the_producer_stops_the_thread_at_its_next_item(bridge:
     else:  # to_thread returned at once; the thread's next itemize found the block ended
         assert stops_when_the_block_ended == []
         assert isinstance(stops[0], ChannelClosed)
+
+
+# --- Receivers under the tools people combine streams with ----------------------------
+
+
+async def _numbered(c: Channel[str], name: str, ended: list[str]) -> None:
+    """Produces name0, name1, ... until its receiver closes (the only way its block ends)."""
+    async with c.sender as itemize:
+        for i in itertools.count():
+            await itemize(f"{name}{i}")
+    ended.append(name)
+
+
+# aiostream runs on asyncio only.
+on_asyncio_and_uvloop = pytest.mark.parametrize(
+    "anyio_backend",
+    [("asyncio", {}), ("asyncio", {"loop_factory": uvloop.new_event_loop})],
+    ids=["asyncio", "uvloop"],
+)
+
+
+@on_asyncio_and_uvloop
+async def test_leaving_aiostreams_zip_early_closes_every_sources_producer() -> None:
+    channels: list[Channel[str]] = [Channel() for _ in "abc"]
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for name, c in zip("abc", channels, strict=True):
+                tg.start_soon(_numbered, c, name, ended)
+            rows: list[tuple[str, ...]] = []
+            async with aiostream.stream.zip(*(c.receiver for c in channels)).stream() as zipped:
+                async for row in zipped:
+                    rows.append(row)
+                    if len(rows) == 2:
+                        break
+    assert rows == [("a0", "b0", "c0"), ("a1", "b1", "c1")]
+    assert sorted(ended) == ["a", "b", "c"]
+
+
+@on_asyncio_and_uvloop
+async def test_aiostreams_merge_leaves_a_source_it_has_not_started_open() -> None:
+    """Its receivers must be closed by their own `async with`: merge starts its
+    sources as it goes and closes only those it started."""
+    channels: list[Channel[str]] = [Channel() for _ in "abc"]
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as receivers:
+            for name, c in zip("abc", channels, strict=True):
+                tg.start_soon(_numbered, c, name, ended)
+                await receivers.enter_async_context(c.receiver)
+            async with aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items:
+                assert await anext(items) == "a0"
+            await settle()
+            assert ended == ["a"]  # merge closed the only source it had started
+            assert [c.statistics().state for c in channels] == ["receiver closed", "open", "open"]
+    assert sorted(ended) == ["a", "b", "c"]  # the receivers' own `async with` closed the rest
+
+
+@on_asyncio_and_uvloop
+async def test_aiostreams_merge_can_take_one_item_per_source_that_it_never_hands_on() -> None:
+    channels: list[Channel[str]] = [Channel() for _ in "ab"]
+    received: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for name, c in zip("ab", channels, strict=True):
+                tg.start_soon(_numbered, c, name, [])
+            async with aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items:
+                async for item in items:
+                    received.append(item)
+                    if len(received) == 5:
+                        break
+    held = [
+        c.statistics().items_delivered - sum(item[0] == name for item in received)
+        for name, c in zip("ab", channels, strict=True)
+    ]
+    assert max(held) == 1  # taken by merge's task for that source when the consumer left
+    assert min(held) >= 0
+
+
+# On trio, asyncstdlib's zip and islice leave generators of their own (an enumerate, the
+# zip's inner loop) for the garbage collector, and trio warns about each.
+asyncstdlibs_own_generators = pytest.mark.filterwarnings(
+    "ignore:Async generator 'asyncstdlib[.]:ResourceWarning"
+)
+
+
+@asyncstdlibs_own_generators
+async def test_asyncstdlibs_zip_and_islice_under_scoped_iter_close_every_producer() -> None:
+    channels: list[Channel[str]] = [Channel() for _ in "ab"]
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for name, c in zip("ab", channels, strict=True):
+                tg.start_soon(_numbered, c, name, ended)
+            async with asyncstdlib.scoped_iter(
+                asyncstdlib.zip(*(c.receiver for c in channels))
+            ) as pairs:
+                assert [pair async for pair in asyncstdlib.islice(pairs, 2)] == [
+                    ("a0", "b0"),
+                    ("a1", "b1"),
+                ]
+    assert sorted(ended) == ["a", "b"]
+
+
+@asyncstdlibs_own_generators
+async def test_islice_under_scoped_iter_goes_on_where_it_stopped_and_the_scope_closes_it() -> None:
+    c: Channel[str] = Channel()
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_numbered, c, "x", ended)
+            async with asyncstdlib.scoped_iter(c.receiver) as items:
+                assert [item async for item in asyncstdlib.islice(items, 2)] == ["x0", "x1"]
+                assert ended == []  # islice does not close what scoped_iter lends it
+                assert [item async for item in asyncstdlib.islice(items, 2)] == ["x2", "x3"]
+    assert ended == ["x"]
+    assert c.statistics().items_delivered == 4
+
+
+async def test_leaving_aclosing_early_closes_the_producer() -> None:
+    c: Channel[str] = Channel()
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_numbered, c, "x", ended)
+            async with contextlib.aclosing(c.receiver) as items:
+                async for item in items:
+                    if item == "x1":
+                        break
+    assert ended == ["x"]
 
 
 # --- Exceptions travel as they would through a generator --------------------------------------
