@@ -3754,6 +3754,15 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert readme_commands[1] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+@pytest.mark.as_shipped
+def test_the_readmes_picture_of_the_hand_over_is_the_one_its_script_draws() -> None:
+    """examples/handover.py draws it by running both; the test below checks what it prints."""
+    script = (ROOT / "examples" / "handover.py").read_text()
+    picture = re.search(r'\nPrints:\n(.*?)"""', script, re.S)
+    assert picture
+    assert f"```text\n{picture.group(1)}```" in (ROOT / "README.md").read_text()
+
+
 def _example_outputs() -> list[Path]:
     return sorted((ROOT / "examples").glob("*.py"))
 
