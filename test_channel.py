@@ -3063,15 +3063,21 @@ async def _produce_in_thread(
 ) -> None:
     async with c.sender as itemize:
         if bridge == "anyio":
-            push: Callable[[int], object] = lambda item: anyio.from_thread.run(itemize, item)  # noqa: E731
-            await anyio.to_thread.run_sync(_blocking_source, items, push, stops)
+            await anyio.to_thread.run_sync(
+                _blocking_source, items, lambda item: anyio.from_thread.run(itemize, item), stops
+            )
         elif in_trio():
-            push = lambda item: trio.from_thread.run(itemize, item)  # noqa: E731
-            await trio.to_thread.run_sync(_blocking_source, items, push, stops)
+            await trio.to_thread.run_sync(
+                _blocking_source, items, lambda item: trio.from_thread.run(itemize, item), stops
+            )
         else:
             loop = asyncio.get_running_loop()
-            push = lambda item: asyncio.run_coroutine_threadsafe(itemize(item), loop).result()  # noqa: E731
-            await asyncio.to_thread(_blocking_source, items, push, stops)
+            await asyncio.to_thread(
+                _blocking_source,
+                items,
+                lambda item: asyncio.run_coroutine_threadsafe(itemize(item), loop).result(),
+                stops,
+            )
 
 
 @pytest.fixture(params=["native", "anyio"])
@@ -3187,6 +3193,31 @@ async def _numbered(c: Channel[str], name: str, ended: list[str]) -> None:
     ended.append(name)
 
 
+@contextlib.asynccontextmanager
+async def _numbered_producers(names: str) -> AsyncIterator[tuple[list[Channel[str]], list[str]]]:
+    """A channel per name, each fed by `_numbered` in a task group that the block is in.
+
+    Gives the channels, and the names of the producers whose block has ended.
+    """
+    channels: list[Channel[str]] = [Channel() for _ in names]
+    ended: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for name, c in zip(names, channels, strict=True):
+                tg.start_soon(_numbered, c, name, ended)
+            yield channels, ended
+
+
+async def _first(n: int, items: AsyncIterator[Any]) -> list[Any]:
+    """The first `n` items, as an `async for` that then breaks: `items` is left open."""
+    first = []
+    async for item in items:
+        first.append(item)
+        if len(first) == n:
+            break
+    return first
+
+
 # aiostream runs on asyncio only.
 on_asyncio_and_uvloop = pytest.mark.parametrize(
     "anyio_backend",
@@ -3197,19 +3228,11 @@ on_asyncio_and_uvloop = pytest.mark.parametrize(
 
 @on_asyncio_and_uvloop
 async def test_leaving_aiostreams_zip_early_closes_every_sources_producer() -> None:
-    channels: list[Channel[str]] = [Channel() for _ in "abc"]
-    ended: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            for name, c in zip("abc", channels, strict=True):
-                tg.start_soon(_numbered, c, name, ended)
-            rows: list[tuple[str, ...]] = []
-            async with aiostream.stream.zip(*(c.receiver for c in channels)).stream() as zipped:
-                async for row in zipped:
-                    rows.append(row)
-                    if len(rows) == 2:
-                        break
-    assert rows == [("a0", "b0", "c0"), ("a1", "b1", "c1")]
+    async with (
+        _numbered_producers("abc") as (channels, ended),
+        aiostream.stream.zip(*(c.receiver for c in channels)).stream() as zipped,
+    ):
+        assert await _first(2, zipped) == [("a0", "b0", "c0"), ("a1", "b1", "c1")]
     assert sorted(ended) == ["a", "b", "c"]
 
 
@@ -3217,34 +3240,27 @@ async def test_leaving_aiostreams_zip_early_closes_every_sources_producer() -> N
 async def test_aiostreams_merge_leaves_a_source_it_has_not_started_open() -> None:
     """Its receivers must be closed by their own `async with`: merge starts its
     sources as it goes and closes only those it started."""
-    channels: list[Channel[str]] = [Channel() for _ in "abc"]
-    ended: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg, contextlib.AsyncExitStack() as receivers:
-            for name, c in zip("abc", channels, strict=True):
-                tg.start_soon(_numbered, c, name, ended)
-                await receivers.enter_async_context(c.receiver)
-            async with aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items:
-                assert await anext(items) == "a0"
-            await settle()
-            assert ended == ["a"]  # merge closed the only source it had started
-            assert [c.statistics().state for c in channels] == ["receiver closed", "open", "open"]
+    async with (
+        _numbered_producers("abc") as (channels, ended),
+        contextlib.AsyncExitStack() as receivers,
+    ):
+        for c in channels:
+            await receivers.enter_async_context(c.receiver)
+        async with aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items:
+            assert await anext(items) == "a0"
+        await settle()
+        assert ended == ["a"]  # merge closed the only source it had started
+        assert [c.statistics().state for c in channels] == ["receiver closed", "open", "open"]
     assert sorted(ended) == ["a", "b", "c"]  # the receivers' own `async with` closed the rest
 
 
 @on_asyncio_and_uvloop
 async def test_aiostreams_merge_can_take_one_item_per_source_that_it_never_hands_on() -> None:
-    channels: list[Channel[str]] = [Channel() for _ in "ab"]
-    received: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            for name, c in zip("ab", channels, strict=True):
-                tg.start_soon(_numbered, c, name, [])
-            async with aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items:
-                async for item in items:
-                    received.append(item)
-                    if len(received) == 5:
-                        break
+    async with (
+        _numbered_producers("ab") as (channels, _),
+        aiostream.stream.merge(*(c.receiver for c in channels)).stream() as items,
+    ):
+        received = await _first(5, items)
     held = [
         c.statistics().items_delivered - sum(item[0] == name for item in received)
         for name, c in zip("ab", channels, strict=True)
@@ -3262,47 +3278,35 @@ asyncstdlibs_own_generators = pytest.mark.filterwarnings(
 
 @asyncstdlibs_own_generators
 async def test_asyncstdlibs_zip_and_islice_under_scoped_iter_close_every_producer() -> None:
-    channels: list[Channel[str]] = [Channel() for _ in "ab"]
-    ended: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            for name, c in zip("ab", channels, strict=True):
-                tg.start_soon(_numbered, c, name, ended)
-            async with asyncstdlib.scoped_iter(
-                asyncstdlib.zip(*(c.receiver for c in channels))
-            ) as pairs:
-                assert [pair async for pair in asyncstdlib.islice(pairs, 2)] == [
-                    ("a0", "b0"),
-                    ("a1", "b1"),
-                ]
+    async with _numbered_producers("ab") as (channels, ended):
+        zipped = asyncstdlib.zip(*(c.receiver for c in channels))
+        async with asyncstdlib.scoped_iter(zipped) as pairs:
+            assert [pair async for pair in asyncstdlib.islice(pairs, 2)] == [
+                ("a0", "b0"),
+                ("a1", "b1"),
+            ]
     assert sorted(ended) == ["a", "b"]
 
 
 @asyncstdlibs_own_generators
 async def test_islice_under_scoped_iter_goes_on_where_it_stopped_and_the_scope_closes_it() -> None:
-    c: Channel[str] = Channel()
-    ended: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_numbered, c, "x", ended)
-            async with asyncstdlib.scoped_iter(c.receiver) as items:
-                assert [item async for item in asyncstdlib.islice(items, 2)] == ["x0", "x1"]
-                assert ended == []  # islice does not close what scoped_iter lends it
-                assert [item async for item in asyncstdlib.islice(items, 2)] == ["x2", "x3"]
+    async with (
+        _numbered_producers("x") as ([c], ended),
+        asyncstdlib.scoped_iter(c.receiver) as items,
+    ):
+        assert [item async for item in asyncstdlib.islice(items, 2)] == ["x0", "x1"]
+        assert ended == []  # islice does not close what scoped_iter lends it
+        assert [item async for item in asyncstdlib.islice(items, 2)] == ["x2", "x3"]
     assert ended == ["x"]
     assert c.statistics().items_delivered == 4
 
 
 async def test_leaving_aclosing_early_closes_the_producer() -> None:
-    c: Channel[str] = Channel()
-    ended: list[str] = []
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(_numbered, c, "x", ended)
-            async with contextlib.aclosing(c.receiver) as items:
-                async for item in items:
-                    if item == "x1":
-                        break
+    async with (
+        _numbered_producers("x") as ([c], ended),
+        contextlib.aclosing(c.receiver) as items,
+    ):
+        assert await _first(2, items) == ["x0", "x1"]
     assert ended == ["x"]
 
 
@@ -3757,21 +3761,25 @@ def test_ci_runs_the_readme_test_command() -> None:
 @pytest.mark.as_shipped
 def test_the_readmes_picture_of_the_hand_over_is_the_one_its_script_draws() -> None:
     """examples/handover.py draws it by running both; the test below checks what it prints."""
-    script = (ROOT / "examples" / "handover.py").read_text()
-    picture = re.search(r'\nPrints:\n(.*?)"""', script, re.S)
-    assert picture
-    assert f"```text\n{picture.group(1)}```" in (ROOT / "README.md").read_text()
+    picture = _promised_output(ROOT / "examples" / "handover.py")
+    assert f"```text\n{picture}```" in (ROOT / "README.md").read_text()
 
 
 def _example_outputs() -> list[Path]:
     return sorted((ROOT / "examples").glob("*.py"))
 
 
+def _promised_output(script: Path) -> str:
+    """What an example's docstring says it prints, after its 'Prints:' line."""
+    promised = re.search(r'\nPrints:\n(.*?)"""', script.read_text(), re.S)
+    assert promised, f"{script.name} must state its output in a 'Prints:' docstring"
+    return textwrap.dedent(promised.group(1))
+
+
 @pytest.mark.as_shipped
 @pytest.mark.parametrize("script", _example_outputs(), ids=lambda path: path.name)
 def test_examples_print_what_they_promise(script: Path) -> None:
-    expected = re.search(r'\nPrints:\n(.*?)"""', script.read_text(), re.S)
-    assert expected, f"{script.name} must state its output in a 'Prints:' docstring"
+    expected = _promised_output(script)
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
         capture_output=True,
@@ -3782,7 +3790,7 @@ def test_examples_print_what_they_promise(script: Path) -> None:
         env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == textwrap.dedent(expected.group(1))
+    assert result.stdout == expected
 
 
 # --- Typing ----------------------------------------------------------------------
