@@ -13,6 +13,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import threading
 import types
 import weakref
 from collections.abc import (
@@ -3042,41 +3043,59 @@ async def test_a_producer_whose_itemize_was_cancelled_is_cancelled_when_the_cons
 # A blocking API runs in a worker thread and calls back with each item; the callback
 # hands it to `itemize` through the backend's bridge, and the bridge's call returns
 # when `itemize` does. "native" is asyncio.run_coroutine_threadsafe under asyncio and
-# uvloop, trio.from_thread.run under trio; "anyio" is anyio.from_thread.run.
+# uvloop, trio.from_thread.run under trio; "anyio" is anyio.from_thread.run, after
+# anyio.from_thread.check_cancelled(), as the README shows them.
+
+Push = Callable[[int], object]  # the callback a blocking API calls with each item
 
 
-def _blocking_source(
-    items: Iterable[int], push: Callable[[int], object], stops: list[BaseException | None]
-) -> None:
+def _blocking_api(
+    items: Iterable[int], stops: list[BaseException | None]
+) -> Callable[[Push], None]:
     """A blocking API that calls back with each item, as a sync SDK or a cursor does."""
-    try:
+
+    def api(push: Push) -> None:
+        try:
+            for item in items:
+                push(item)
+        except BaseException as exc:
+            stops.append(exc)  # how the thread stopped: what its last call raised
+            raise
+        stops.append(None)
+
+    return api
+
+
+def _forgiving_api(
+    items: Iterable[int], catches: type[BaseException], caught: list[BaseException]
+) -> Callable[[Push], None]:
+    """A blocking API that catches what its callback raises (`catches`) and goes on."""
+
+    def api(push: Push) -> None:
         for item in items:
-            push(item)
-    except BaseException as exc:
-        stops.append(exc)  # how the thread stopped: what its last push raised
-        raise
-    stops.append(None)
+            try:
+                push(item)
+            except catches as exc:
+                caught.append(exc)
+
+    return api
 
 
-async def _produce_in_thread(
-    c: Channel[int], items: Iterable[int], stops: list[BaseException | None], bridge: str
-) -> None:
+async def _produce_in_thread(c: Channel[int], api: Callable[[Push], None], bridge: str) -> None:
     async with c.sender as itemize:
         if bridge == "anyio":
-            await anyio.to_thread.run_sync(
-                _blocking_source, items, lambda item: anyio.from_thread.run(itemize, item), stops
-            )
+
+            def push(item: int) -> object:
+                anyio.from_thread.check_cancelled()
+                return anyio.from_thread.run(itemize, item)
+
+            await anyio.to_thread.run_sync(api, push)
         elif in_trio():
-            await trio.to_thread.run_sync(
-                _blocking_source, items, lambda item: trio.from_thread.run(itemize, item), stops
-            )
+            await trio.to_thread.run_sync(api, lambda item: trio.from_thread.run(itemize, item))
         else:
             loop = asyncio.get_running_loop()
             await asyncio.to_thread(
-                _blocking_source,
-                items,
-                lambda item: asyncio.run_coroutine_threadsafe(itemize(item), loop).result(),
-                stops,
+                api, lambda item: asyncio.run_coroutine_threadsafe(itemize(item), loop).result()
             )
 
 
@@ -3090,7 +3109,7 @@ async def test_a_thread_feeds_the_consumer_in_order_and_its_end_ends_the_loop(br
     stops: list[BaseException | None] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce_in_thread, c, range(100), stops, bridge)
+            tg.start_soon(_produce_in_thread, c, _blocking_api(range(100), stops), bridge)
             assert await collect(c.receiver) == list(range(100))
             assert stops == [None]  # the thread returned before the loop ended
 
@@ -3100,12 +3119,42 @@ async def test_a_consumer_leaving_early_stops_the_thread_by_receiver_closed(brid
     stops: list[BaseException | None] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce_in_thread, c, itertools.count(), stops, bridge)
+            tg.start_soon(_produce_in_thread, c, _blocking_api(itertools.count(), stops), bridge)
             async with c.receiver:
                 async for item in c.receiver:
                     if item == 3:
                         break
     assert [type(stop) for stop in stops] == [ReceiverClosed]  # and the block absorbed it
+
+
+async def test_receiver_closed_passes_the_except_exception_of_an_api_in_a_thread(
+    bridge: str,
+) -> None:
+    c: Channel[int] = Channel()
+    caught: list[BaseException] = []
+    api = _forgiving_api(itertools.count(), Exception, caught)
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_produce_in_thread, c, api, bridge)
+            async with c.receiver:
+                assert await anext(c.receiver) == 0
+    assert caught == []  # ReceiverClosed went past it and stopped the API
+
+
+async def test_an_api_that_swallows_every_exception_gets_receiver_closed_at_once_on_each_call(
+    bridge: str,
+) -> None:
+    c: Channel[int] = Channel()
+    caught: list[BaseException] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(
+                _produce_in_thread, c, _forgiving_api(range(10), BaseException, caught), bridge
+            )
+            async with c.receiver:
+                assert await anext(c.receiver) == 0
+    assert [type(exc) for exc in caught] == [ReceiverClosed] * 10  # 0 was taken: it waited
+    assert c.statistics().items_delivered == 1
 
 
 async def test_a_thread_that_fails_makes_the_receiver_raise_sender_failed_from_its_error(
@@ -3121,7 +3170,7 @@ async def test_a_thread_that_fails_makes_the_receiver_raise_sender_failed_from_i
     received: list[int] = []
     with anyio.fail_after(STEP), pytest.RaisesGroup(Boom):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce_in_thread, c, items(), stops, bridge)
+            tg.start_soon(_produce_in_thread, c, _blocking_api(items(), stops), bridge)
             with pytest.raises(SenderFailed) as failed:
                 async for item in c.receiver:
                     received.append(item)
@@ -3148,38 +3197,65 @@ async def test_cancelling_the_consumer_stops_the_thread_and_ends_the_block_clean
 
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce_in_thread, c, itertools.count(), stops, bridge)
+            tg.start_soon(_produce_in_thread, c, _blocking_api(itertools.count(), stops), bridge)
             tg.start_soon(consume)
     assert received == [0, 1, 2, 3]
     assert [type(stop) for stop in stops] == [ReceiverClosed]
 
 
-async def test_cancelling_the_producer_stops_the_thread_at_its_next_item(bridge: str) -> None:
+@pytest.mark.parametrize("thread_when_cancelled", ["in a call", "busy between calls"])
+async def test_cancelling_the_producer_stops_the_thread_at_a_call(
+    bridge: str, thread_when_cancelled: str
+) -> None:
     c: Channel[int] = Channel()
     stops: list[BaseException | None] = []
+    busy, resume = threading.Event(), threading.Event()
+
+    def items() -> Iterator[int]:
+        yield 0
+        if thread_when_cancelled == "busy between calls":
+            busy.set()
+            resume.wait(STEP)  # reading from a device, say
+        yield from itertools.count(1)
+
     scope = anyio.CancelScope()
     stops_when_the_block_ended: list[BaseException | None] = []
 
     async def produce() -> None:
         with scope:
-            await _produce_in_thread(c, itertools.count(), stops, bridge)
+            await _produce_in_thread(c, _blocking_api(items(), stops), bridge)
         stops_when_the_block_ended.extend(stops)
 
+    async def cancel_when_busy() -> None:
+        await wait_until(busy.is_set)
+        scope.cancel()
+        await settle()  # asyncio's to_thread has returned, and the block has ended
+        resume.set()
+
+    received: list[int] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(produce)
+            if thread_when_cancelled == "busy between calls":
+                tg.start_soon(cancel_when_busy)
             with pytest.raises(SenderFailed) as failed:
                 async for item in c.receiver:
+                    received.append(item)
                     if item == 3:
                         scope.cancel()
             assert isinstance(failed.value.__cause__, support.CANCELLED)
         await wait_until(lambda: bool(stops))  # the thread stops
-    if bridge == "anyio" or in_trio():  # the block waited for the thread
-        assert stops_when_the_block_ended == stops
-        assert isinstance(stops[0], support.CANCELLED)
-    else:  # to_thread returned at once; the thread's next itemize found the block ended
+    if bridge == "native" and not in_trio():
+        # to_thread returned at once; a later call of the thread found the block ended
         assert stops_when_the_block_ended == []
         assert isinstance(stops[0], ChannelClosed)
+    else:  # the block waited for the thread, whose next call raised the cancellation
+        assert stops_when_the_block_ended == stops
+        assert isinstance(stops[0], support.CANCELLED)
+    if thread_when_cancelled == "busy between calls":
+        # trio's bridge hands the next item to the waiting receiver before it raises, as
+        # an itemize in a cancelled scope does; anyio checks for the cancellation first
+        assert received == ([0, 1] if bridge == "native" and in_trio() else [0])
 
 
 # --- Receivers under the tools people combine streams with ----------------------------
@@ -3299,6 +3375,14 @@ async def test_islice_under_scoped_iter_goes_on_where_it_stopped_and_the_scope_c
         assert [item async for item in asyncstdlib.islice(items, 2)] == ["x2", "x3"]
     assert ended == ["x"]
     assert c.statistics().items_delivered == 4
+
+
+@asyncstdlibs_own_generators
+async def test_islice_alone_closes_the_receiver_after_its_items() -> None:
+    async with _numbered_producers("x") as ([c], ended):
+        assert [item async for item in asyncstdlib.islice(c.receiver, 2)] == ["x0", "x1"]
+        assert c.statistics().state == "receiver closed"
+    assert ended == ["x"]
 
 
 async def test_leaving_aclosing_early_closes_the_producer() -> None:
