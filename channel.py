@@ -37,7 +37,7 @@ __all__ = [
     "SenderFailed",
     "producer",
 ]
-__version__ = "0.2.0"  # the only place it is written: the build reads it from here
+__version__ = "0.3.0"  # the only place it is written: the build reads it from here
 
 import sys
 from _thread import get_ident as _get_ident
@@ -189,7 +189,10 @@ class Itemize(Protocol[T_contra, R_co]):
             ChannelError: The channel belongs to another event loop.
 
         Cancellation: if the receiver had not yet taken the item, the item is
-        withdrawn and will never be delivered; if it had, it stays delivered.
+        withdrawn and will never be delivered; if it had, it stays delivered. On
+        trio, a call in a cancelled scope raises ``Cancelled`` before it hands the
+        item over, as trio's own channels do; on asyncio the cancellation lands
+        when the call waits, as with ``asyncio.Queue``.
         """
         ...
 
@@ -204,8 +207,8 @@ class Itemize(Protocol[T_contra, R_co]):
         """Delegate to a synchronous iterable, like ``yield from``.
 
         The receiver pulls the items from ``items`` in its own task, with no trip
-        through the event loop per item (it passes a scheduling point every
-        256 items, so it stays cancellable and fair). Replies sent with
+        through the event loop per item (it passes a scheduling point before every
+        257th item, so it stays cancellable and fair). Replies sent with
         ``receiver.asend(value)`` go into ``generator.send(value)``. Returns when
         the iterable is exhausted and the receiver asks for more: with a
         generator, its return value.
@@ -220,7 +223,8 @@ class Itemize(Protocol[T_contra, R_co]):
 
         Cancellation: stops the delegation; the items already taken stay
         delivered, the rest are never pulled. However it is stopped early, this
-        call closes the generator, in the producer's task.
+        call closes the generator, in the producer's task. On trio, a call in a
+        cancelled scope raises ``Cancelled`` before the receiver can pull anything.
         """
         ...
 
@@ -287,15 +291,19 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
     """
 
     async def itemize(item: object, /) -> Any:
+        trio = state.trio
         if (  # `outside_run()` is inlined here and in `asend`: the hot paths
             state.thread != _get_ident()
             or state.end is not None
             or state.receiver_closed
-            or (state.trio is None and not state.run.is_running())
+            or (trio is None and not state.run.is_running())
         ):
-            state.check_send()
-        trio = state.trio
-        waiter: Any = state.run.create_future() if trio is None else trio.current_task()
+            await state.refuse_send()
+        if trio is None:
+            waiter: Any = state.run.create_future()
+        else:
+            await trio.checkpoint_if_cancelled()  # trio's rule: before any effect
+            waiter = trio.current_task()
         receiver = state.receiver_waiting
         if receiver is not None and (trio is not None or not receiver.done()):
             state.receiver_waiting = None
@@ -320,9 +328,18 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
             raise
         raise error
 
+    itemize.many = _many_of(state)  # type: ignore[attr-defined]
+    return itemize  # type: ignore[return-value]
+
+
+def _many_of(state: _State) -> Callable[[Iterable[Any]], Awaitable[Any]]:
+    """``itemize.many`` of one sender block (see :meth:`Itemize.many`)."""
+
     async def many(items: Iterable[Any], /) -> Any:
         if state.outside_run() or state.end is not None or state.receiver_closed:
-            state.check_send()
+            await state.refuse_send()
+        if state.trio is not None:
+            await state.trio.checkpoint_if_cancelled()
         source = _Source(iter(items))
         waiter = state.waiter()
         if state.queue is None:
@@ -343,8 +360,7 @@ def _itemize_of(state: _State) -> Itemize[Any, Any]:
             raise
         raise error
 
-    itemize.many = many  # type: ignore[attr-defined]
-    return itemize  # type: ignore[return-value]
+    return many
 
 
 @final
@@ -361,10 +377,12 @@ class Receiver(Generic[T_co, R_contra]):
     ``async with c.receiver:`` (or ``await c.receiver.aclose()``), and the
     producer's pending and later ``itemize`` calls raise :exc:`ReceiverClosed`.
 
-    Cancellation: a cancelled ``__anext__`` or ``asend`` loses no item and does not
-    close the receiver. If the item had already been handed over when the
-    cancellation arrived, the next request returns it; so ``anext()`` under a
-    timeout can be retried.
+    Cancellation: a cancelled ``__anext__``, ``asend`` or batch loses no item and
+    does not close the receiver. If items had already been handed over or taken
+    when the cancellation arrived, the next requests return them; so ``anext()``
+    under a timeout can be retried. A receiver that takes items without waiting
+    (from ``itemize.many``, or from producers in line) passes a scheduling point
+    before every 257th one, where a cancellation can reach it.
     """
 
     __slots__ = ("_state",)
@@ -385,10 +403,17 @@ class Receiver(Generic[T_co, R_contra]):
         Raises:
             StopAsyncIteration: The sender block ended normally.
             SenderFailed: The sender block ended with an exception (its ``__cause__``).
+                A consumer that is being cancelled meanwhile (by a scope that holds both
+                sides, say) raises its cancellation instead.
             ChannelClosed: This receiver was closed (also while waiting).
             ChannelError: ``reply`` is not ``None`` before the first item, when no
                 ``itemize`` waits for a reply yet; another task is already waiting
                 on this receiver; or the channel belongs to another event loop.
+
+        Cancellation: on trio, a request in a cancelled scope raises ``Cancelled``
+        before it resumes a producer, takes an item or reports an end, as trio's
+        own channels do. On asyncio, as with ``asyncio.Queue``, it lands at the next
+        suspension. Either way no item is lost (see the class).
         """
         state = self._state
         if (
@@ -398,13 +423,16 @@ class Receiver(Generic[T_co, R_contra]):
             or state.receiver_waiting is not None
             or (state.trio is None and not state.run.is_running())
         ):
-            state.check_receive()  # raises, unless the stream has not started or has ended
-        if state.stash is not _NOTHING:
-            item, state.stash = state.stash, _NOTHING
-            return item  # type: ignore[no-any-return]
+            await state.check_receive()  # raises, unless the stream has not started or has ended
+        elif state.trio is not None:
+            await state.trio.checkpoint_if_cancelled()  # trio's rule: before any effect
+        trio = state.trio
+        if state.kept is not None:
+            return state.take_kept()  # type: ignore[no-any-return]
         if reply is not None and not state.items_delivered:
             state.refuse_early_reply()
-        trio = state.trio
+        if state.items_delivered >= state.checkpoint_due:  # taken many without waiting
+            await state.pass_scheduling_point()  # before the next: a cancellation loses nothing
         source: Any = state.source  # an iterator; a generator also has send()
         if source is not None and (trio is not None or not state.delivered.done()):
             try:  # delegating to `itemize.many`: take_ready's first step, inlined (per item)
@@ -413,9 +441,7 @@ class Receiver(Generic[T_co, R_contra]):
                 state.end_delegation(state.delivered, exc)  # then, as below, without reply
             else:
                 state.items_delivered += 1
-                if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS:
-                    return item  # type: ignore[no-any-return]
-                return await state.pass_checkpoint(item)  # type: ignore[no-any-return]
+                return item  # type: ignore[no-any-return]
         while True:
             if state.source is None and not state.queue:
                 producer = state.delivered
@@ -428,11 +454,9 @@ class Receiver(Generic[T_co, R_contra]):
             else:  # a cancelled `many`, or other producers wait
                 item = state.take_ready(reply)
                 if item is not _NOTHING:
-                    if state.items_delivered % _ITEMS_BETWEEN_CHECKPOINTS:
-                        return item  # type: ignore[no-any-return]
-                    return await state.pass_checkpoint(item)  # type: ignore[no-any-return]
+                    return item  # type: ignore[no-any-return]
             if (state.end is not None and state.end is not _NOT_STARTED) or state.receiver_closed:
-                raise state.end_of_stream()
+                await state.report_end()
             if trio is None:
                 waiter = state.receiver_waiting = state.run.create_future()
                 try:
@@ -443,6 +467,7 @@ class Receiver(Generic[T_co, R_contra]):
             else:
                 state.receiver_waiting = trio.current_task()
                 item = await trio.wait_task_rescheduled(state.receiver_aborted)
+            state.checkpoint_due = state.items_delivered + _ITEMS_BETWEEN_CHECKPOINTS
             if item is not _LOOK_AGAIN:
                 return item  # type: ignore[no-any-return]
             # Woken without an item: the stream ended, or `many` is queued. The reply
@@ -474,10 +499,9 @@ class Receiver(Generic[T_co, R_contra]):
         """
         exc = _exception_of(typ, val, tb)
         state = self._state
-        state.check_receive()
-        if state.stash is not _NOTHING:
-            item, state.stash = state.stash, _NOTHING
-            return item  # type: ignore[no-any-return]
+        await state.check_receive()
+        if state.kept is not None:
+            return state.take_kept()  # type: ignore[no-any-return]
         if not state.items_delivered:
             raise ChannelError(
                 "athrow() before the first item: no itemize is waiting for it yet; "
@@ -493,8 +517,9 @@ class Receiver(Generic[T_co, R_contra]):
 
         Each list waits only for its first item, then takes as many more as are
         available without waiting (such as the items of ``itemize.many``). Ends,
-        raises and can be cancelled as ``__anext__``; a cancellation while waiting
-        for the first item of a list loses nothing.
+        raises and can be cancelled as ``__anext__``. A list passes a scheduling
+        point before every 257th item taken without waiting; a cancellation there
+        keeps the items it took for the next request, so nothing is lost.
         """
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, not {max_items!r}")
@@ -539,10 +564,19 @@ class _Batches(Generic[T_co]):
         batch = [await self._receiver.__anext__()]
         state = self._receiver._state  # pyright: ignore[reportPrivateUsage]
         while (room := self._max_items - len(batch)) > 0:
+            if state.kept is not None:  # what a cancelled batch had taken comes first
+                batch.append(state.take_kept())
+                continue
+            if state.items_delivered >= state.checkpoint_due:
+                try:  # between two items: a cancellation keeps what this batch took
+                    await state.pass_scheduling_point()
+                except BaseException:
+                    state.kept = _deque(batch)
+                    raise
             source, producer, taken = state.source, state.delivered, len(batch)
             if source is not None and (state.trio is not None or not producer.done()):
                 try:  # delegating to `itemize.many`: pull a run of items in one loop
-                    for _ in range(room):
+                    for _ in range(min(room, state.checkpoint_due - state.items_delivered)):
                         batch.append(next(source))
                         if state.source is not source:  # its generator closed the receiver
                             break
@@ -748,6 +782,8 @@ def _exception_of(typ: object, val: object, tb: TracebackType | None) -> BaseExc
 
 def _only_receiver_closed(exc: BaseException) -> bool:
     """Whether ``exc`` is ReceiverClosed, or a (nested) group of nothing else."""
+    if isinstance(exc, ReceiverClosed):
+        return True  # the usual case, without making a group
     # Wrapped, so that one split answers for a lone exception and a (nested) group.
     return BaseExceptionGroup("", [exc]).split(ReceiverClosed)[1] is None
 
@@ -755,13 +791,14 @@ def _only_receiver_closed(exc: BaseException) -> bool:
 # --- The shared state ------------------------------------------------------------
 
 # Private markers, compared by identity.
-_NOTHING: Any = object()  # an empty slot, where None could be an item
+_NOTHING: Any = object()  # no item ready, where None could be an item
 _NOT_STARTED: Any = object()  # State.end before the sender block is entered
 _CLEAN_END: Any = object()  # State.end after a sender block ended normally
 _LOOK_AGAIN: Any = object()  # wakes a receiver with no item: it ended, or `many` is queued
 
 # A receiver taking items without waiting (from `itemize.many`, or from many
-# producers) passes a scheduling point this often, to stay cancellable and fair.
+# producers) passes a scheduling point before it takes more than this many in a row,
+# to stay cancellable and fair.
 _ITEMS_BETWEEN_CHECKPOINTS = 256
 
 
@@ -813,15 +850,16 @@ class _State:
 
     __slots__ = (
         "backend",
+        "checkpoint_due",
         "delivered",
         "end",
         "items_delivered",
+        "kept",
         "queue",
         "receiver_closed",
         "receiver_waiting",
         "run",
         "source",
-        "stash",
         "thread",
         "trio",
     )
@@ -836,10 +874,15 @@ class _State:
         # Producers waiting to hand over an item, or a _Source of `itemize.many`:
         self.queue: _deque[tuple[Any, Any]] | None = None
         self.source: Iterator[Any] | None = None  # what `many` delegates to, while it does
-        self.stash: Any = _NOTHING  # an item taken by a receiver cancelled before it resumed
+        # Items taken by a request that was cancelled before it returned them (on asyncio,
+        # an item that reached a cancelled receiver; a batch cut short): the next go first.
+        self.kept: _deque[Any] | None = None
         self.end: Any = _NOT_STARTED
         self.receiver_closed = False
         self.items_delivered = 0
+        # The receiver passes a scheduling point before it takes more items without
+        # waiting once `items_delivered` reaches this; each wait moves it on.
+        self.checkpoint_due = _ITEMS_BETWEEN_CHECKPOINTS
 
     # Parking and waking, for the paths off the hot ones (which inline them).
 
@@ -888,7 +931,7 @@ class _State:
         elif waiter.done() and not waiter.cancelled():
             item = waiter.result()
             if item is not _LOOK_AGAIN:
-                self.stash = item
+                self.kept = _deque([item])
 
     def withdraw(self, waiter: Any) -> Any:
         """Unlink a producer whose wait was interrupted; to trio, its abort succeeded."""
@@ -952,13 +995,19 @@ class _State:
             self.items_delivered += 1
             return item
 
-    async def pass_checkpoint(self, item: Any) -> Any:
-        """Pass a scheduling point with ``item`` taken; keep it if cancelled there."""
+    async def pass_scheduling_point(self) -> None:
+        """Let the other tasks run, and a cancellation reach the receiver, between two items."""
         try:
             await self.backend.checkpoint()  # type: ignore[union-attr]
-        except BaseException:
-            self.stash = item  # taken, so kept for the next ask
-            raise
+        finally:  # passed, also if a cancellation was delivered there
+            self.checkpoint_due = self.items_delivered + _ITEMS_BETWEEN_CHECKPOINTS
+
+    def take_kept(self) -> Any:
+        """The first of the items kept for the next request."""
+        kept: Any = self.kept
+        item = kept.popleft()
+        if not kept:
+            self.kept = None
         return item
 
     def end_delegation(self, waiter: Any, exc: BaseException) -> None:
@@ -1007,7 +1056,7 @@ class _State:
         if self.receiver_closed:
             return
         self.receiver_closed = True
-        self.stash = _NOTHING
+        self.kept = None
         self.wake_receiver()
         producer, self.delivered = self.delivered, None
         queue, self.queue = self.queue, None
@@ -1031,8 +1080,25 @@ class _State:
         failed.__cause__ = self.end
         return failed
 
-    def check_send(self) -> None:
+    async def report_end(self) -> None:
+        """Raise why no item will come, once a cancellation of the receiver could reach it.
+
+        A scope that holds both sides cancels the producer and the receiver at once, and
+        the producer's block may end first: the receiver must raise its own cancellation
+        then, not SenderFailed from the producer's. On trio a cancellation is checked for;
+        on asyncio it lands only when a task suspends, so a failed end suspends once.
+        """
+        if self.trio is not None:
+            await self.trio.checkpoint_if_cancelled()
+        elif self.end is not _CLEAN_END and not self.receiver_closed:
+            await self.backend.checkpoint()  # type: ignore[union-attr]
+        raise self.end_of_stream()
+
+    async def refuse_send(self) -> None:
+        """Refuse ``itemize`` or ``many``: another loop, the block ended, the receiver closed."""
         self.check_run()
+        if self.trio is not None:
+            await self.trio.checkpoint_if_cancelled()  # trio's rule: cancelled first
         if self.end is not None:
             raise ChannelClosed(
                 "itemize was called after its sender block ended; call it only "
@@ -1041,8 +1107,11 @@ class _State:
             )
         raise _receiver_closed()  # right loop, block open: so the receiver was closed
 
-    def check_receive(self) -> None:
+    async def check_receive(self) -> None:
+        """The checks of a request off the hot path; on trio, a cancellation first."""
         self.check_run()
+        if self.trio is not None:
+            await self.trio.checkpoint_if_cancelled()
         if self.receiver_closed:
             raise self.end_of_stream()
         if self.receiver_waiting is not None:
@@ -1160,6 +1229,7 @@ class _Trio:
     __slots__ = (
         "Error",
         "Value",
+        "checkpoint_if_cancelled",
         "current_task",
         "reschedule",
         "succeeded",
@@ -1168,8 +1238,15 @@ class _Trio:
 
     def __init__(self) -> None:
         from outcome import Error, Value
-        from trio.lowlevel import Abort, current_task, reschedule, wait_task_rescheduled
+        from trio.lowlevel import (
+            Abort,
+            checkpoint_if_cancelled,
+            current_task,
+            reschedule,
+            wait_task_rescheduled,
+        )
 
+        self.checkpoint_if_cancelled = checkpoint_if_cancelled
         self.current_task, self.reschedule = current_task, reschedule
         self.wait_task_rescheduled = wait_task_rescheduled
         self.Value: Callable[[object], Value[object]] = Value

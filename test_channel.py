@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections.abc
 import contextlib
+import functools
 import gc
 import importlib.metadata
 import inspect
@@ -52,6 +53,7 @@ from channel import (
     SenderFailed,
 )
 from tests import support
+from tests.scenarios import Stepper, counting_scheduling_points
 from tests.support import (
     ROOT,
     RUN_LIMIT,
@@ -229,6 +231,70 @@ async def test_a_cancelled_block_makes_the_receiver_raise_sender_failed() -> Non
                 await anext(c.receiver)
     assert producer_scope.cancelled_caught
     assert isinstance(failed.value.__cause__, anyio.get_cancelled_exc_class())
+
+
+async def _numbers_for_ever(c: Channel[int]) -> None:
+    async with c.sender as itemize:
+        for i in itertools.count():
+            await itemize(i)
+
+
+@pytest.mark.parametrize("then", ["nothing", "a shielded wait"])
+async def test_a_consumer_cancelled_with_its_producer_sees_its_cancellation(then: str) -> None:
+    """A scope that holds both sides ends as a cancellation, never with SenderFailed.
+
+    The consumer cancels the task group's scope in its loop body, without waiting: the
+    producer is cancelled first (on asyncio a cancellation reaches a task only when it
+    suspends) and its block ends; the consumer's next request must raise its own
+    cancellation, also when a shielded wait let the producer end first.
+    """
+    received: list[int] = []
+    c: Channel[int] = Channel()
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_numbers_for_ever, c)
+            async for item in c.receiver:
+                received.append(item)
+                if item == 3:
+                    tg.cancel_scope.cancel()
+                    if then == "a shielded wait":
+                        with anyio.CancelScope(shield=True):
+                            await settle()  # the producer's block ends meanwhile
+                    assert c.statistics().state == ("failed" if then != "nothing" else "open")
+    assert tg.cancel_scope.cancelled_caught
+    assert received == [0, 1, 2, 3]
+
+
+async def test_a_task_group_holding_a_failing_producer_raises_the_producers_error_alone() -> None:
+    """The failure cancels the task group, and so the consumer: no SenderFailed beside it."""
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize(1)
+            raise Boom("the block failed")
+
+    with anyio.fail_after(STEP), pytest.RaisesGroup(Boom):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            async for _ in c.receiver:
+                pass
+
+
+@pytest.mark.parametrize("runner", ["asyncio", "uvloop"])
+def test_asyncio_timeout_around_a_task_group_holding_both_sides_is_a_timeout(runner: str) -> None:
+    async def main() -> list[int]:
+        c: Channel[int] = Channel()
+        received: list[int] = []
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01), asyncio.TaskGroup() as tg:
+                tg.create_task(_numbers_for_ever(c))
+                async for item in c.receiver:
+                    received.append(item)
+        return received
+
+    received = _run_on(runner, main)
+    assert received == list(range(len(received)))
 
 
 async def test_a_timeout_inside_the_block_ends_the_stream_cleanly() -> None:
@@ -794,6 +860,248 @@ def test_trio_is_detected_when_asyncio_was_never_imported(monkeypatch: pytest.Mo
             return await collect(c.receiver)
 
     assert trio.run(main) == [1, 2]
+
+
+# --- Cancellation: what each operation does in a scope cancelled beforehand ------------
+#
+# trio's rule: an operation that can block raises Cancelled before it has any effect, so
+# on trio every row gives Cancelled and leaves the channel as it was. On asyncio, as with
+# asyncio.Queue, a cancellation lands at the operation's next suspension; nothing is lost
+# either way (an item handed over before stays delivered, one taken before is kept).
+
+
+async def outcome(awaitable: Awaitable[Any]) -> str:
+    """What ``awaitable`` does in a scope cancelled beforehand: its value, or what it raises."""
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            return f"returned {await awaitable!r}"
+        except (Exception, ReceiverClosed) as exc:
+            return type(exc).__name__
+    assert scope.cancelled_caught
+    return "Cancelled"
+
+
+async def read_into(received: list[Any], reader: AsyncIterator[Any]) -> None:
+    async for got in reader:
+        received += got if isinstance(got, list) else [got]
+
+
+async def itemize_with_the_consumer_waiting() -> str:
+    c: Channel[int] = Channel()
+    received: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_into, received, c.receiver)
+        async with c.sender as itemize:
+            await wait_until(lambda: c.statistics().receiver_waiting)
+            how = await outcome(itemize(1))
+    return f"{how}, received {received}"
+
+
+async def itemize_with_nobody_waiting() -> str:
+    c: Channel[int] = Channel()
+    async with c.sender as itemize:
+        how = await outcome(itemize(1))
+    return f"{how}, received {await collect(c.receiver)}"
+
+
+async def _read_in_a_cancelled_scope(
+    c: Channel[int], reader: AsyncIterator[Any], producer: Callable[[], Coroutine[Any, Any, None]]
+) -> str:
+    received: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await wait_until(lambda: c.statistics().producers_waiting > 0)
+        await settle()  # every producer in line
+        how = await outcome(read_into(received, reader))
+        rest = await collect(c.receiver)
+    assert len(set(received + rest)) == len(received + rest)  # none twice
+    return f"{how} after {len(received)} items, then {len(rest)}"
+
+
+async def anext_with_producers_waiting(count: int) -> str:
+    c: Channel[int] = Channel()
+    return await _read_in_a_cancelled_scope(c, c.receiver, producers_in_line(c, count))
+
+
+async def _delegate(c: Channel[int], count: int) -> None:
+    async with c.sender as itemize:
+        await itemize.many(range(count))
+
+
+async def anext_during_a_delegation() -> str:
+    c: Channel[int] = Channel()
+    return await _read_in_a_cancelled_scope(c, c.receiver, functools.partial(_delegate, c, 1000))
+
+
+async def batches_during_a_delegation() -> str:
+    c: Channel[int] = Channel()
+    batches = c.receiver.batches(100)
+    return await _read_in_a_cancelled_scope(c, batches, functools.partial(_delegate, c, 1000))
+
+
+async def asend_resuming_the_producer() -> str:
+    c: Channel[int, str] = Channel()
+    replies: list[str | None] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            for i in range(2):
+                replies.append(await itemize(i))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        how = await outcome(c.receiver.asend("reply"))
+        rest = await collect(c.receiver)
+    return f"{how}, then {rest}, replies {replies}"
+
+
+async def athrow_into_the_producer() -> str:
+    c: Channel[int] = Channel()
+    caught: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize(0)
+            except KeyError:
+                caught.append("KeyError")
+            await itemize(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        how = await outcome(c.receiver.athrow(KeyError))
+        rest = await collect(c.receiver)
+    return f"{how}, caught {caught}, then {rest}"
+
+
+async def many_with_the_consumer_waiting() -> str:
+    c: Channel[int] = Channel()
+    received: list[int] = []
+    pulled: list[int] = []
+
+    def numbers() -> Iterator[int]:
+        for i in range(3):
+            pulled.append(i)
+            yield i
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_into, received, c.receiver)
+        async with c.sender as itemize:
+            await wait_until(lambda: c.statistics().receiver_waiting)
+            how = await outcome(itemize.many(numbers()))
+    return f"{how}, pulled {pulled}, received {received}"
+
+
+async def anext_after_the_end(end: str) -> str:
+    c: Channel[int] = Channel()
+    with contextlib.suppress(Boom):
+        async with c.sender:
+            if end == "failed":
+                raise Boom("the block failed")
+    if end == "closed":
+        c.receiver.close()
+    return await outcome(anext(c.receiver))
+
+
+async def itemize_once_the_receiver_closed() -> str:
+    c: Channel[int] = Channel()
+    c.receiver.close()
+    async with c.sender as itemize:
+        how = await outcome(itemize(1))
+    return how
+
+
+IN_A_CANCELLED_SCOPE = [  # the operation, what it does on trio, and on asyncio and uvloop
+    pytest.param(
+        itemize_with_the_consumer_waiting,
+        "Cancelled, received []",
+        "Cancelled, received [1]",  # handed over, then cancelled as it waits: delivered
+        id="itemize, the consumer waiting",
+    ),
+    pytest.param(
+        itemize_with_nobody_waiting,
+        "Cancelled, received []",
+        "Cancelled, received []",  # withdrawn
+        id="itemize, nobody waiting",
+    ),
+    pytest.param(
+        functools.partial(anext_with_producers_waiting, 1),
+        "Cancelled after 0 items, then 1",
+        "Cancelled after 1 items, then 0",
+        id="anext, 1 producer waiting",
+    ),
+    pytest.param(
+        functools.partial(anext_with_producers_waiting, 300),
+        "Cancelled after 0 items, then 300",
+        "Cancelled after 256 items, then 44",  # a scheduling point before the 257th
+        id="anext, 300 producers waiting",
+    ),
+    pytest.param(
+        anext_during_a_delegation,
+        "Cancelled after 0 items, then 1000",
+        "Cancelled after 256 items, then 744",
+        id="anext, itemize.many(range(1000))",
+    ),
+    pytest.param(
+        batches_during_a_delegation,
+        "Cancelled after 0 items, then 1000",
+        "Cancelled after 200 items, then 800",  # the third batch is kept: nothing lost
+        id="batches(100), itemize.many(range(1000))",
+    ),
+    pytest.param(
+        asend_resuming_the_producer,
+        "Cancelled, then [1], replies [None, None]",
+        "Cancelled, then [1], replies ['reply', None]",
+        id="asend(reply), the producer waiting for it",
+    ),
+    pytest.param(
+        athrow_into_the_producer,
+        "Cancelled, caught [], then [1]",
+        "Cancelled, caught ['KeyError'], then [1]",
+        id="athrow(KeyError), the producer waiting for it",
+    ),
+    pytest.param(
+        many_with_the_consumer_waiting,
+        "Cancelled, pulled [], received []",
+        "Cancelled, pulled [], received []",  # cancelled before the receiver's turn came
+        id="itemize.many, the consumer waiting",
+    ),
+    pytest.param(
+        functools.partial(anext_after_the_end, "clean"),
+        "Cancelled",
+        "StopAsyncIteration",
+        id="anext after a clean end",
+    ),
+    pytest.param(
+        functools.partial(anext_after_the_end, "failed"),
+        "Cancelled",
+        "Cancelled",  # a failed end suspends once before SenderFailed
+        id="anext after a failed end",
+    ),
+    pytest.param(
+        functools.partial(anext_after_the_end, "closed"),
+        "Cancelled",
+        "ChannelClosed",
+        id="anext after the receiver closed",
+    ),
+    pytest.param(
+        itemize_once_the_receiver_closed,
+        "Cancelled",
+        "ReceiverClosed",
+        id="itemize after the receiver closed",
+    ),
+]
+
+
+@pytest.mark.parametrize(("operation", "on_trio", "on_asyncio"), IN_A_CANCELLED_SCOPE)
+async def test_what_an_operation_does_in_a_cancelled_scope(
+    operation: Callable[[], Awaitable[str]], on_trio: str, on_asyncio: str
+) -> None:
+    with anyio.fail_after(STEP):
+        assert await operation() == (on_trio if in_trio() else on_asyncio)
 
 
 # --- 7. Misuse is loud: a channel belongs to the event loop that first uses it --------
@@ -1723,13 +2031,16 @@ async def test_athrow_into_a_delegation_that_ends_on_it_ends_many(generator_does
     assert outcome == [expected]
 
 
-async def test_athrow_after_a_request_cancelled_with_its_item_taken_returns_that_item() -> None:
-    """As a retried ``asend``: the cancelled request had already resumed the producer."""
+async def test_athrow_after_a_request_cancelled_with_items_taken_returns_them_first() -> None:
+    """As a retried ``asend``: the items a cancelled batch took come first, nothing thrown."""
     c: Channel[int] = Channel()
     thrown: list[int] = []
 
+    reading = Reading(cancel_at=100)
+
     def numbers() -> Iterator[int]:
         for i in range(1000):
+            reading.pulling(i)
             try:
                 yield i
             except KeyError:
@@ -1739,21 +2050,16 @@ async def test_athrow_after_a_request_cancelled_with_its_item_taken_returns_that
         async with c.sender as itemize:
             await itemize.many(numbers())
 
-    received: list[int] = []
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(producer)
             assert await anext(c.receiver) == 0
-            with anyio.CancelScope() as scope:
-                scope.cancel()  # lands at the checkpoint after the 256th item was taken
-                async for item in c.receiver:
-                    received.append(item)
-            assert scope.cancelled_caught
-            taken = received[-1] + 1
-            assert await c.receiver.athrow(KeyError) == taken  # kept, and nothing thrown
+            await read_a_batch_cut_short(c, reading)  # took 1 to 255, kept
+            assert await c.receiver.athrow(KeyError) == 1
+            assert [await anext(c.receiver) for _ in range(2, 256)] == list(range(2, 256))
             assert thrown == []
-            assert await c.receiver.athrow(KeyError) == taken + 1
-            assert thrown == [taken]
+            assert await c.receiver.athrow(KeyError) == 256  # into the generator, at 255
+            assert thrown == [255]
             await c.receiver.aclose()
 
 
@@ -2123,34 +2429,6 @@ async def test_closing_the_receiver_during_many_closes_the_generator() -> None:
     assert events == ["generator closed", "many raised ReceiverClosed"]
 
 
-async def read_until_cancelled(receiver: Receiver[int]) -> list[int]:
-    """Read in a scope cancelled beforehand: the items taken until its first scheduling point."""
-    received: list[int] = []
-    with anyio.CancelScope() as scope:
-        scope.cancel()  # delivered at the consumer's next scheduling point
-        async for item in receiver:
-            received.append(item)
-    assert scope.cancelled_caught
-    return received
-
-
-async def test_a_long_many_stream_passes_a_checkpoint_every_256_items() -> None:
-    c: Channel[int] = Channel()
-
-    async def producer() -> None:
-        async with c.sender as itemize:
-            await itemize.many(range(2048))
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(producer)
-            assert await anext(c.receiver) == 0  # the delegation is running
-            received = await read_until_cancelled(c.receiver)
-            assert 0 < len(received) <= 256
-            received += await collect(c.receiver)  # the interrupted item is not lost
-    assert received == list(range(1, 2048))
-
-
 def producers_in_line(c: Channel[int], count: int) -> Callable[[], Coroutine[Any, Any, None]]:
     """A sender block whose ``count`` tasks share ``itemize``, each handing over its number."""
 
@@ -2162,27 +2440,128 @@ def producers_in_line(c: Channel[int], count: int) -> Callable[[], Coroutine[Any
     return producer
 
 
-async def test_items_of_producers_waiting_in_line_pass_a_checkpoint_every_256_items() -> None:
-    """Queued items are taken without waiting too, so the receiver checkpoints there as well."""
+def _longest_run(steps: list[int]) -> int:
+    """The most items taken at one scheduling point count: without passing another."""
+    return max(len(list(run)) for _, run in itertools.groupby(steps))
+
+
+@pytest.mark.parametrize("size", [None, 1, 2, 100, 255, 256, 257, 1000], ids=str)
+async def test_a_receiver_pulling_a_delegation_passes_a_scheduling_point_every_256_items(
+    size: int | None,
+) -> None:
+    """``async for`` (size None) or ``batches(size)``: never more than 256 items in one step."""
     c: Channel[int] = Channel()
-    with anyio.fail_after(STEP):
+    stepper = Stepper(-1, lambda: None)  # counts the scheduling points of every task
+    steps: list[int] = []  # the count when each item was pulled
+
+    def numbers() -> Iterator[int]:
+        for i in itertools.count():
+            steps.append(stepper.count)
+            yield i
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(numbers())
+
+    received: list[int] = []
+    with anyio.fail_after(STEP), counting_scheduling_points(stepper, seed=0):
+        stepper.armed = True
+        async with anyio.create_task_group() as tg, c.receiver:
+            tg.start_soon(producer)
+            reader = c.receiver if size is None else c.receiver.batches(size)
+            async for got in reader:
+                received += [got] if isinstance(got, int) else got
+                if len(received) >= 3000:
+                    break
+    assert received == list(range(len(received)))
+    assert _longest_run(steps) == 256
+
+
+async def test_items_of_producers_waiting_in_line_pass_a_scheduling_point_every_256_items() -> None:
+    """Queued items are taken without waiting too, so the receiver passes points there too."""
+    c: Channel[int] = Channel()
+    stepper = Stepper(-1, lambda: None)
+    steps: list[int] = []
+    with anyio.fail_after(STEP), counting_scheduling_points(stepper, seed=0):
         async with anyio.create_task_group() as tg:
             tg.start_soon(producers_in_line(c, 600))
             await wait_until(lambda: c.statistics().producers_waiting == 600)
-            received = await read_until_cancelled(c.receiver)
-            assert 0 < len(received) <= 256
-            received += await collect(c.receiver)  # the interrupted item is not lost
+            stepper.armed = True
+            received = []
+            async for item in c.receiver:
+                steps.append(stepper.count)
+                received.append(item)
     assert sorted(received) == list(range(600))
+    assert _longest_run(steps) == 256
+
+
+@pytest.mark.parametrize("deadline", ["anyio", "backend"])
+@pytest.mark.parametrize("size", [1, 2, 100, 255, 256, 257, 1000])
+async def test_batches_of_an_endless_delegation_end_on_a_timeout(size: int, deadline: str) -> None:
+    """The receiver never takes items for ever without a scheduling point: a timeout fires."""
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await itemize.many(itertools.count())
+
+    received: list[int] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg, c.receiver:
+            tg.start_soon(producer)
+            with pytest.raises((TimeoutError, trio.TooSlowError)):
+                async with _timeout(deadline, 0.05):
+                    async for batch in c.receiver.batches(size):
+                        received += batch
+            # What the batch cut short by the timeout had taken comes next: nothing is lost.
+            received += await anext(c.receiver.batches(size))
+    assert received == list(range(len(received)))
+
+
+@contextlib.asynccontextmanager
+async def _timeout(how: str, seconds: float) -> AsyncIterator[None]:
+    """anyio's ``fail_after``, or the backend's own timeout (trio's raises TooSlowError)."""
+    if how == "anyio":
+        with anyio.fail_after(seconds):
+            yield
+    elif in_trio():
+        with trio.fail_after(seconds):
+            yield
+    else:
+        async with asyncio.timeout(seconds):
+            yield
+
+
+class Reading:
+    """A cancel scope for the receiver that a delegated generator cancels as it yields an item.
+
+    The generator runs in the receiver's task, so the cancellation reaches the receiver
+    at its next scheduling point, whatever the backend's order of tasks.
+    """
+
+    def __init__(self, cancel_at: int) -> None:
+        self.scope = anyio.CancelScope()
+        self.cancel_at = cancel_at
+
+    def pulling(self, i: int) -> None:
+        if i == self.cancel_at:
+            self.scope.cancel()
 
 
 def delegating_in_a_scope(
-    c: Channel[Any], count: int, pulled: list[int], scopes: list[anyio.CancelScope]
+    c: Channel[Any],
+    count: int,
+    pulled: list[int],
+    scopes: list[anyio.CancelScope],
+    reading: Reading | None = None,
 ) -> Callable[[], Coroutine[Any, Any, None]]:
     """A producer that delegates to ``range(count)`` in a cancel scope, then gives "after"."""
 
     def numbers() -> Generator[int]:
         for i in range(count):
             pulled.append(i)
+            if reading is not None:
+                reading.pulling(i)
             yield i
 
     async def producer() -> None:
@@ -2210,21 +2589,42 @@ async def test_a_delegation_cancelled_before_its_task_runs_again_gives_no_more_i
     assert pulled == [0]
 
 
-async def test_a_batch_after_a_kept_item_pulls_nothing_from_a_cancelled_delegation() -> None:
+async def read_a_batch_cut_short(c: Channel[Any], reading: Reading) -> None:
+    """Read a batch of a running delegation whose generator cancels ``reading`` meanwhile."""
+    with reading.scope:
+        await anext(c.receiver.batches(1000))
+    assert reading.scope.cancelled_caught
+
+
+async def test_a_batch_cut_short_keeps_its_items_for_the_next_requests() -> None:
+    c: Channel[Any] = Channel()
+    pulled: list[int] = []
+    reading = Reading(cancel_at=100)
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delegating_in_a_scope(c, 1000, pulled, [], reading))
+            assert await anext(c.receiver) == 0
+            await read_a_batch_cut_short(c, reading)
+            assert len(pulled) == 256  # the batch took 1 to 255; cancelled at its next point
+            assert await anext(c.receiver) == 1  # kept, in order
+            assert await anext(c.receiver.batches(100)) == list(range(2, 102))
+            assert await anext(c.receiver.batches(1000)) == list(range(102, 1000))
+            assert await collect(c.receiver) == ["after"]
+
+
+async def test_a_batch_after_kept_items_pulls_nothing_from_a_cancelled_delegation() -> None:
     c: Channel[Any] = Channel()
     pulled: list[int] = []
     scopes: list[anyio.CancelScope] = []
+    reading = Reading(cancel_at=100)
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
-            tg.start_soon(delegating_in_a_scope(c, 1000, pulled, scopes))
-            assert [await anext(c.receiver) for _ in range(255)] == list(range(255))
-            with anyio.CancelScope() as receiving:
-                receiving.cancel()
-                await anext(c.receiver)  # the 256th item: cancelled at its checkpoint, kept
-            assert receiving.cancelled_caught
+            tg.start_soon(delegating_in_a_scope(c, 1000, pulled, scopes, reading))
+            assert await anext(c.receiver) == 0
+            await read_a_batch_cut_short(c, reading)
             scopes[0].cancel()  # the producer has not run since
-            batches = aiter(c.receiver.batches(10))
-            assert await anext(batches) == [255]  # the kept item, and nothing more pulled
+            batches = aiter(c.receiver.batches(1000))
+            assert await anext(batches) == list(range(1, 256))  # the kept items, no more
             assert await anext(batches) == ["after"]
     assert pulled == list(range(256))
 
@@ -3008,9 +3408,10 @@ async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_ca
             raise
 
     with anyio.fail_after(STEP):
-        async with agen() as items:
+        async with agen() as items, anyio.create_task_group() as tg:
             await settle()  # the producer waits for the first ask
-            with anyio.move_on_after(0):
+            with anyio.CancelScope() as asking:
+                tg.start_soon(_cancel_later, asking)  # runs once this task waits
                 await anext(items)  # asks, which starts the producer, then gives up
             ready.set()
             await settle()
@@ -3253,9 +3654,8 @@ async def test_cancelling_the_producer_stops_the_thread_at_a_call(
         assert stops_when_the_block_ended == stops
         assert isinstance(stops[0], support.CANCELLED)
     if thread_when_cancelled == "busy between calls":
-        # trio's bridge hands the next item to the waiting receiver before it raises, as
-        # an itemize in a cancelled scope does; anyio checks for the cancellation first
-        assert received == ([0, 1] if bridge == "native" and in_trio() else [0])
+        # the thread's next call is cancelled before it hands its item over
+        assert received == [0]
 
 
 # --- Receivers under the tools people combine streams with ----------------------------
@@ -3479,12 +3879,14 @@ async def a_consumer_and_its_producer_function_that_both_fail() -> object:
 
     @channel.producer
     async def numbers(itemize: Any) -> None:
-        raise Boom("the producer function failed")
+        try:
+            await itemize(1)
+        finally:
+            raise Boom("the producer function failed")  # in its cleanup
 
     async with numbers() as items:
-        with pytest.raises(SenderFailed):
-            await anext(items)  # starts the function, which fails
-        raise ValueError("the consumer failed")
+        assert await anext(items) == 1
+        raise ValueError("the consumer failed")  # closes the receiver: the cleanup runs
     raise AssertionError("unreachable")  # pragma: no cover
 
 
