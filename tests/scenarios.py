@@ -4,6 +4,7 @@ the checks after each run; the cancellation sweep and the stress run use it."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
 from collections import Counter
@@ -404,22 +405,35 @@ async def ask_once(c: Channel[Any, Any], log: Log, how: str) -> None:
 
 
 async def receive(
-    c: Channel[Any, Any], log: Log, side: Side, how: str, *, task_status: anyio.abc.TaskStatus[None]
+    c: Channel[Any, Any],
+    log: Log,
+    side: Side,
+    how: str,
+    in_the_body: Callable[[int], None],
+    *,
+    task_status: anyio.abc.TaskStatus[None],
 ) -> None:
+    """Ask until the stream ends; after each item, the loop body runs ``in_the_body(count)``."""
     task_status.started()
     if side.mode == "whole":
         with side.whole():
             async with c.receiver:
                 while log.end is None:
                     await ask_once(c, log, how)
+                    in_the_body(len(log.received))
                     await side.pause()
         if log.end is None:
             log.end = "cancelled"
         return
-    while log.end is None:
-        with side.op():
-            await ask_once(c, log, how)
-            await side.pause()
+    try:
+        while log.end is None:
+            with side.op():
+                await ask_once(c, log, how)
+                in_the_body(len(log.received))
+                await side.pause()
+    except CANCELLED:  # by a scope around both sides
+        log.end = "cancelled"
+        raise
 
 
 @dataclass(frozen=True)
@@ -444,16 +458,27 @@ SCENARIOS = [
 
 @dataclass(frozen=True)
 class Plan:
-    target: str  # producer, receiver, both, close
-    mode: str  # op or whole
+    """What a run does before scheduling point k (at item k, for ``Plan("scope", "body")``).
+
+    ``target``: the producer, the receiver, both, each in its own scopes (``mode`` "op": a
+    scope per operation; "whole": the task's whole body); "close": close the receiver;
+    "scope": cancel one scope that holds both sides, as a timeout around a task group does
+    ("deadline": before point k; "body": in the receiver's loop body, after item k).
+    """
+
+    target: str  # producer, receiver, both, close, scope
+    mode: str  # op or whole; for scope: deadline or body
 
     def __str__(self) -> str:
+        if self.target == "scope":
+            when = "before point k" if self.mode == "deadline" else "in the loop body at item k"
+            return f"cancel a scope around both {when}"
         return "close receiver" if self.target == "close" else f"cancel {self.target} {self.mode}"
 
 
 PLANS = [
     Plan(target, mode) for target in ("producer", "receiver", "both") for mode in ("op", "whole")
-] + [Plan("close", "op")]
+] + [Plan("close", "op"), Plan("scope", "deadline"), Plan("scope", "body")]
 
 
 async def run_once(
@@ -469,14 +494,14 @@ async def run_once(
     producing = Side(plan.mode if plan.target in ("producer", "both") else None, method, pace[0])
     receiving = Side(plan.mode if plan.target in ("receiver", "both") else None, method, pace[1])
 
-    # A raw task.cancel() of the task that holds the block reaches the tasks that share
-    # its itemize only later, through their task group; every other way reaches each
-    # parked producer at once.
-    cancels_each_producer = (
-        method == "scope"
-        or plan.mode == "op"
-        or not (scenario.several_tasks or scenario.stragglers)
+    # A raw task.cancel() of the task that holds the block (or of the task around both
+    # sides) reaches the tasks that share its itemize only later, through their task
+    # group; every other way reaches each parked producer at once.
+    cancels_each_producer = method == "scope" or (
+        plan.target != "scope"
+        and (plan.mode == "op" or not (scenario.several_tasks or scenario.stragglers))
     )
+    around_both = _AroundBoth(method)
 
     def action() -> None:
         if cancels_each_producer:
@@ -487,17 +512,59 @@ async def run_once(
             producing.cancel()
         if plan.target in ("receiver", "both"):
             receiving.cancel()
+        if plan.target == "scope":
+            around_both.cancel()
 
-    stepper = Stepper(k, action)
-    with anyio.fail_after(RUN_LIMIT), counting_scheduling_points(stepper, seed) as loop_errors:
+    def in_the_body(received: int) -> None:
+        if plan == Plan("scope", "body") and received >= k and not stepper.fired:
+            stepper.fired = True
+            action()
+
+    stepper = Stepper(-1 if plan.mode == "body" else k, action)
+    with (
+        anyio.fail_after(RUN_LIMIT),
+        counting_scheduling_points(stepper, seed) as loop_errors,
+        around_both,
+    ):
         async with anyio.create_task_group() as tg:
             await tg.start(scenario.produce, c, log, producing)
-            await tg.start(receive, c, log, receiving, scenario.receive_with)
+            await tg.start(receive, c, log, receiving, scenario.receive_with, in_the_body)
             stepper.armed = True
     if stepper.error is not None:
         raise stepper.error
     assert not loop_errors, f"the event loop reported errors: {loop_errors}"
     return log, stepper
+
+
+class _AroundBoth:
+    """A scope that holds both sides: anyio's ``CancelScope`` (trio's own on trio), or,
+    by the raw method on asyncio, what ``asyncio.timeout`` does: ``task.cancel()`` of the
+    task that holds the task group, which then cancels its tasks."""
+
+    def __init__(self, method: str) -> None:
+        self.method = method
+        self.scope = anyio.CancelScope()
+        self.task: asyncio.Task[Any] | None = None
+
+    def __enter__(self) -> None:
+        if self.method == "raw":
+            self.task = asyncio.current_task()
+        else:
+            self.scope.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> bool:
+        if self.task is None:
+            return bool(self.scope.__exit__(*exc_info))
+        if isinstance(exc_info[1], asyncio.CancelledError) and exc_info[1].args == (HARNESS,):
+            self.task.uncancel()
+            return True
+        return False
+
+    def cancel(self) -> None:
+        if self.task is None:
+            self.scope.cancel()
+        else:
+            self.task.cancel(HARNESS)
 
 
 def _untaken_items(c: Channel[Any, Any]) -> set[Any]:
@@ -510,12 +577,14 @@ def _untaken_items(c: Channel[Any, Any]) -> set[Any]:
     Returns an empty set (no check) if the internals look different.
     """
     queue = getattr(getattr(c, "_state", None), "queue", None)
-    if not isinstance(queue, list):
+    if not isinstance(queue, collections.deque):
         return set()
-    return {
+    return {  # (on trio a waiter is the task itself: every linked task waits)
         entry[1]
         for entry in queue
-        if isinstance(entry, tuple) and isinstance(entry[1], tuple) and not entry[0].done()
+        if isinstance(entry, tuple)
+        and isinstance(entry[1], tuple)
+        and not (isinstance(entry[0], asyncio.Future) and entry[0].done())
     }
 
 
@@ -570,7 +639,7 @@ def check_run(log: Log, scenario: Scenario, plan: Plan) -> list[str]:  # noqa: P
     if isinstance(log.block, BaseException) and log.end not in ("failed", "closed", "cancelled"):
         problems.append(f"the block failed with {log.block!r}, the receiver saw {log.end!r}")
 
-    producer_cancelled = plan.target in ("producer", "both")
+    producer_cancelled = plan.target in ("producer", "both", "scope")
     receiver_closed = plan.target == "close" or log.end == "cancelled"
     allowed = {"returned"}
     if producer_cancelled or (receiver_closed and scenario.several_tasks):
@@ -591,6 +660,8 @@ def check_run(log: Log, scenario: Scenario, plan: Plan) -> list[str]:  # noqa: P
             problems.append(f"a cancelled anext lost items: expected {in_order}, end")
     if plan.target == "producer" and plan.mode == "op" and log.end != "end":
         problems.append("cancelling single itemize calls must not end the stream")
+    if plan.target == "scope" and log.end not in ("end", "cancelled"):
+        problems.append(f"a scope around both was cancelled, and the receiver saw {log.end!r}")
     return problems
 
 

@@ -7,7 +7,7 @@ import contextlib
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 import pytest
+import trio
 
 from channel import Channel
 from tests.scenarios import (
@@ -42,7 +43,10 @@ pytestmark = pytest.mark.anyio
 # Stress (`test_stress_many_channels_at_once`): 10,000 channels at once with random
 #    timeouts (0, 0.1 ms, 1 ms), scope and raw cancellations, failed blocks and early
 #    closes; then every channel must finish (zero stuck), with the invariants of the
-#    cancellation sweep on each (zero lost, zero duplicated).
+#    cancellation sweep on each (zero lost, zero duplicated). On every third channel one
+#    task group holds both sides, under a deadline (anyio's, or the backend's own) that
+#    may expire, and the receiver's loop body or the chaos task may cancel its scope:
+#    its receiver must then end with its cancellation, never SenderFailed.
 #
 
 # ==========================================================================================
@@ -124,12 +128,55 @@ async def stress_receiver(s: Stressed, rng: random.Random) -> None:
         s.log.end = "cancelled"  # closed early, by a break or a cancellation
 
 
+PAIRED = 3  # every third channel: one task group holds both sides
+PAIR_DEADLINES = (0.001, 0.01, 0.1, 10.0)  # seconds; the last one never expires
+
+
+@contextlib.asynccontextmanager
+async def _deadline(kind: str, seconds: float) -> AsyncIterator[None]:
+    """A deadline: anyio's, or the backend's own (asyncio's raises TimeoutError)."""
+    if kind == "anyio":
+        with anyio.move_on_after(seconds):
+            yield
+    elif in_trio():
+        with trio.move_on_after(seconds):
+            yield
+    else:
+        async with asyncio.timeout(seconds):
+            yield
+
+
+async def stress_pair(s: Stressed, rng: random.Random, stop: list[bool]) -> None:
+    """Both sides of one channel in one task group, under a scope that gets cancelled."""
+    kind, seconds = rng.choice(("anyio", "backend")), rng.choice(PAIR_DEADLINES)
+    with _stressed_end(s, "pair") as scope, contextlib.suppress(TimeoutError):
+        async with _deadline(kind, seconds), anyio.create_task_group() as tg:
+            tg.start_soon(pair_producer, s, stop)
+            while s.log.end is None:
+                await ask_once(s.c, s.log, "anext")
+                if rng.random() < 0.003:
+                    scope.cancel()  # in the loop body, without awaiting first
+                if rng.random() < 0.3:
+                    await checkpoint()
+    if s.log.end is None:
+        s.log.end = "cancelled"
+    s.finished += 1  # the pair's producer, which ended with it
+
+
+async def pair_producer(s: Stressed, stop: list[bool]) -> None:
+    async with Block(s.c, s.log) as itemize:
+        n = 0
+        while not stop[0]:
+            item, n = (0, n), n + 1
+            await s.log.itemize(itemize, item)
+
+
 async def chaos(channels: list[Stressed], rng: random.Random, stop: list[bool]) -> None:
-    """Cancels producers and receivers at random, with scopes and (asyncio) task.cancel()."""
+    """Cancels producers, receivers and pairs at random, with scopes and (asyncio) task.cancel()."""
     while not stop[0]:
         for _ in range(20):
             s = rng.choice(channels)
-            end = rng.choice(("producer", "receiver"))
+            end = rng.choice(("producer", "receiver", "pair"))
             if s.tasks and rng.random() < 0.5:
                 if end in s.tasks and end not in s.raw_cancelled:
                     s.raw_cancelled.add(end)
@@ -146,7 +193,10 @@ async def test_stress_many_channels_at_once() -> None:
     stop = [False]
     with collecting_by_hand(), anyio.move_on_after(STRESS_SECONDS + DRAIN_LIMIT) as drain:
         async with anyio.create_task_group() as tg:
-            for s in channels:
+            for i, s in enumerate(channels):
+                if i % PAIRED == 0:
+                    tg.start_soon(stress_pair, s, random.Random(rng.random()), stop)
+                    continue
                 tg.start_soon(stress_producer, s, random.Random(rng.random()), stop)
                 tg.start_soon(stress_receiver, s, random.Random(rng.random()))
             tg.start_soon(chaos, channels, random.Random(rng.random()), stop)
@@ -156,11 +206,16 @@ async def test_stress_many_channels_at_once() -> None:
     assert not drain.cancelled_caught, f"{len(stuck)} stuck, e.g. {stuck[:10]}"
     assert not stuck, f"{len(stuck)} tasks ended abnormally, e.g. {stuck[:10]}"
 
-    plan, scenario = Plan("both", "whole"), Scenario("stress", produce_single)
+    scenario = Scenario("stress", produce_single)
+    plans = (Plan("scope", "deadline"), Plan("both", "whole"))  # paired, or not
     problems = {
-        i: found for i, s in enumerate(channels) if (found := check_run(s.log, scenario, plan))
+        i: found
+        for i, s in enumerate(channels)
+        if (found := check_run(s.log, scenario, plans[bool(i % PAIRED)]))
     }
     assert not problems, f"{len(problems)} channels broke: {list(problems.items())[:5]}"
+    pairs = Counter(s.log.end for s in channels[::PAIRED])
+    assert min(pairs["end"], pairs["cancelled"]) > 0, pairs  # both kinds of end happened
     ends = Counter(s.log.end for s in channels)
     outcomes = Counter(how for s in channels for how in s.log.outcome.values())
     # The run exercised what it claims to: items, withdrawals, every kind of end.
