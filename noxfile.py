@@ -1,9 +1,10 @@
 """The suite on every supported CPython this machine has: ``python -m nox``.
 
-Each version runs the whole suite under branch coverage, in a fresh virtual
-environment; then ``coverage`` combines what all of them ran and requires every
-branch of ``channel.py``. 3.11, the oldest supported version, must be there; a newer
-one runs when its ``python3.X`` is found, on ``PATH`` or installed by pyenv.
+Each version runs, in a fresh virtual environment, the README's test command (the whole
+suite, every assertion active), then the specification (``test_channel.py``) again
+under branch coverage; ``coverage`` then combines what the versions ran and requires
+every branch of ``channel.py``. 3.11, the oldest supported version, must be there; a
+newer one runs when its ``python3.X`` is found, on ``PATH`` or installed by pyenv.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The whole suite, under branch coverage (one data file per version)."""
+    """The whole suite as the README runs it; then the specification under branch coverage."""
     session.install(".[test]")
     session.run("python", "--version")
+    session.run("python", "-m", "pytest", *session.posargs)
     session.run(
         "python", "-m", "coverage", "run", "--parallel-mode", "-m", "pytest", "-p", "no:randomly",
-        *session.posargs,
+        "test_channel.py", *session.posargs,
     )  # fmt: skip
 
 
@@ -45,4 +47,6 @@ def coverage(session: nox.Session) -> None:
     session.install("coverage[toml]>=7.6")
     session.run("python", "-m", "coverage", "combine")
     session.run("python", "-m", "coverage", "report", "--fail-under=100")
-    session.log(f"The suite ran on CPython {', '.join(PYTHONS)}.")
+    session.log(
+        f"The suite, then the specification under coverage, ran on CPython {', '.join(PYTHONS)}."
+    )

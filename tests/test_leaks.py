@@ -190,38 +190,50 @@ async def test_no_memory_is_kept_after_100000_channels() -> None:
     assert grown_traced < max(32_768, LEAK_CHANNELS), f"{grown_traced} more bytes (tracemalloc)"
 
 
+TRACED_ROUNDS = 5  # at most; a cache fills up in one or two, a leak keeps growing in each
+
+
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
 async def test_no_memory_is_kept_traced() -> None:
     """tracemalloc: what channels allocate is given back; nothing grows with their number.
 
-    Measured after a first traced round (CPython keeps some freed objects in free lists,
-    a fixed amount attributed to where they were first allocated): a second round of
-    TRACED_CHANNELS channels must not leave more traced memory behind, in total or
-    allocated in channel.py, than a fixed slack far below one small object per channel.
+    Rounds of TRACED_CHANNELS channels run one after another, traced, until one gives
+    back all it took but a fixed slack, far below one small object per channel, in
+    total and of what was allocated in channel.py. A leak keeps memory in every round,
+    in proportion to the channels; a cache or a free list of CPython fills up once, and
+    is traced where its objects were first allocated. (On 3.12 and 3.13 an exception
+    group that channel.py once made and split at each block's exit filled one of them
+    with about 30 KiB over three rounds of 3,000 channels, the same with 12,000: not a
+    leak, and an allocation channel.py no longer makes.)
     """
     await alone()
     _check_lifecycles(await lifecycles(2_000), 2_000)  # warm up, untraced
     only_channel = [tracemalloc.Filter(True, channel.__file__)]
+    slack = TRACED_CHANNELS * 4  # one leaked object per channel would be 8 times this, at least
+    kept_in_rounds: list[tuple[int, int]] = []  # (in total, by channel.py), round by round
     tracemalloc.start()
     try:
-        _check_lifecycles(await lifecycles(TRACED_CHANNELS), TRACED_CHANNELS)
         gc.collect()
         start, _ = tracemalloc.get_traced_memory()
         before = tracemalloc.take_snapshot().filter_traces(only_channel)
-        seen = await lifecycles(TRACED_CHANNELS)
-        gc.collect()
-        end, _ = tracemalloc.get_traced_memory()
-        after = tracemalloc.take_snapshot().filter_traces(only_channel)
+        for _ in range(TRACED_ROUNDS):
+            seen = await lifecycles(TRACED_CHANNELS)
+            _check_lifecycles(seen, TRACED_CHANNELS)
+            gc.collect()
+            end, _ = tracemalloc.get_traced_memory()
+            after = tracemalloc.take_snapshot().filter_traces(only_channel)
+            kept = after.compare_to(before, "lineno")
+            kept_in_rounds.append((end - start, sum(stat.size_diff for stat in kept)))
+            if max(kept_in_rounds[-1]) < slack:
+                break
+            start, before = end, after
     finally:
         tracemalloc.stop()
     assert gc.garbage == []
-    _check_lifecycles(seen, TRACED_CHANNELS)
-    kept = after.compare_to(before, "lineno")
-    kept_by_channel = sum(stat.size_diff for stat in kept)
-    slack = TRACED_CHANNELS * 4  # one leaked object per channel would be 8 times this, at least
-    if sys.gettrace() is None:  # (coverage's tracer allocates as it meets new lines and arcs)
-        assert end - start < slack, f"{end - start} bytes kept: {[str(st) for st in kept[:5]]}"
-    assert kept_by_channel < slack, [str(stat) for stat in kept[:5]]
+    assert max(kept_in_rounds[-1]) < slack, (
+        f"bytes kept by each round (in total, by channel.py): {kept_in_rounds}; "
+        f"by channel.py in the last: {[str(stat) for stat in kept[:5]]}"
+    )
 
 
 @pytest.mark.parametrize("how", ["anext", "asend", "many", "batches"])
