@@ -137,6 +137,38 @@ async def floor_futures(n: int) -> float:
     return await pair(consumer, producer)
 
 
+async def floor_coroutines(n: int) -> float:
+    """The floor, with one coroutine call per side per item, as ``itemize`` and ``__anext__``."""
+    loop = asyncio.get_running_loop()
+    give: asyncio.Future[int] = loop.create_future()
+    ask: asyncio.Future[None] = loop.create_future()
+
+    async def take() -> int:
+        nonlocal give
+        item = await give
+        give = loop.create_future()
+        ask.set_result(None)
+        return item
+
+    async def put(i: int) -> None:
+        nonlocal ask
+        ask = asked = loop.create_future()
+        give.set_result(i)
+        await asked
+
+    async def consumer() -> None:
+        total = 0
+        for _ in range(n):
+            total += await take()
+        check_total(total, n)
+
+    async def producer() -> None:
+        for i in range(n):
+            await put(i)
+
+    return await pair(consumer, producer)
+
+
 def _abort(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
 
@@ -171,6 +203,37 @@ async def floor_trio(n: int) -> float:
         for i in range(n):
             reschedule(consumer, outcome.Value(i))
             await wait(_abort)
+
+    return await pair(consumer, producer)
+
+
+async def floor_trio_coroutines(n: int) -> float:
+    """trio's floor, with one coroutine call per side per item."""
+    wait, reschedule = trio.lowlevel.wait_task_rescheduled, trio.lowlevel.reschedule
+    tasks: dict[str, trio.lowlevel.Task] = {}
+
+    async def take() -> int:
+        reschedule(tasks["producer"])
+        return await wait(_abort)  # type: ignore[no-any-return]
+
+    async def put(i: int) -> None:
+        reschedule(tasks["consumer"], outcome.Value(i))
+        await wait(_abort)
+
+    async def consumer() -> None:
+        tasks["consumer"] = trio.lowlevel.current_task()
+        await trio.testing.wait_all_tasks_blocked()  # the producer waits for the first ask
+        total = 0
+        for _ in range(n):
+            total += await take()
+        reschedule(tasks["producer"])
+        check_total(total, n)
+
+    async def producer() -> None:
+        tasks["producer"] = trio.lowlevel.current_task()
+        await wait(_abort)  # until the consumer asks
+        for i in range(n):
+            await put(i)
 
     return await pair(consumer, producer)
 
@@ -400,6 +463,8 @@ LIVE = {"processes": 3, "values": 1, "warmups": 0, "loops": 200_000}  # set-up t
 ROWS = [  # key, label, bench, backends, then what differs from Row's defaults
     Row("floor", "floor: 2 tasks, 2 futures per item", floor_futures, AIO),
     Row("floor", "floor: wait_task_rescheduled/reschedule", floor_trio, TRIO),
+    Row("floor1", "floor, one coroutine call per side per item", floor_coroutines, AIO),
+    Row("floor1", "floor, one coroutine call per side per item", floor_trio_coroutines, TRIO),
     Row("agen", "in-task async generator (no hand-over)", in_task_generator),
     Row("queue", "asyncio.Queue(maxsize=1)", asyncio_queue, AIO),
     Row("trio", "trio.open_memory_channel(0)", P(memory_channel, opener=trio_opener), TRIO),
