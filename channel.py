@@ -25,22 +25,13 @@ used. Only the standard library is imported; trio is used only under trio.
 
 from __future__ import annotations
 
-__all__ = [
-    "Channel",
-    "ChannelClosed",
-    "ChannelError",
-    "ChannelStatistics",
-    "Itemize",
-    "Receiver",
-    "ReceiverClosed",
-    "Sender",
-    "SenderFailed",
-    "producer",
-]
+__all__ = ["Channel", "ChannelClosed", "ChannelError", "ChannelStatistics", "Itemize", "Receiver",
+           "ReceiverClosed", "Sender", "SenderFailed", "producer"]  # fmt: skip
 __version__ = "0.3.0"  # the only place it is written: the build reads it from here
 
 import sys
 from _thread import get_ident as _get_ident
+from itertools import islice as _islice
 from types import GenericAlias
 
 TYPE_CHECKING = False  # as typing.TYPE_CHECKING, without importing typing
@@ -56,6 +47,7 @@ if TYPE_CHECKING:
         Iterator,
     )
     from contextlib import AbstractAsyncContextManager
+    from functools import partial as _partial
     from types import TracebackType
     from typing import Any, Concatenate, Generic, ParamSpec, Protocol, Self, final, overload
 
@@ -74,6 +66,7 @@ if TYPE_CHECKING:
     P = ParamSpec("P")  # the parameters of a @producer function, after `itemize`
 else:
     from _collections import deque as _deque  # without importing all of collections
+    from _functools import partial as _partial  # ... and of functools
 
     # `typing` takes longer to import than this whole module. At run time these
     # names only have to let `Channel[int]`, `Itemize[str]`, ... be subscripted.
@@ -144,18 +137,24 @@ class Channel(Generic[T, R]):
 
     Attributes:
         receiver: The consuming end, an async iterator.
-        sender: The producing end, an async context manager giving ``itemize``.
     """
 
-    __slots__ = ("_state", "receiver", "sender")
+    __slots__ = ("_state", "receiver")
 
     receiver: Receiver[T, R]
-    sender: Sender[T, R]
 
     def __init__(self) -> None:
         self._state = _State()
         self.receiver = Receiver(self._state)
-        self.sender = Sender(self._state)
+
+    @property
+    def sender(self) -> Sender[T, R]:
+        """The producing end, an async context manager giving ``itemize``.
+
+        Made when asked for (an idle channel is smaller without it); every one is
+        the same end of this channel.
+        """
+        return Sender(self._state)
 
     def statistics(self) -> ChannelStatistics:
         """A snapshot of the channel, to see who waits for whom when debugging a hang."""
@@ -269,6 +268,7 @@ class Sender(Generic[T_contra, R_co]):
                 "one stream, so create a new Channel for another one"
             )
         state.end = None
+        state.settle()
         return _itemize_of(state)
 
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> bool:
@@ -283,68 +283,69 @@ class Sender(Generic[T_contra, R_co]):
         return f"<Sender of channel {self._state.statistics()}>"
 
 
-def _itemize_of(state: _State) -> Itemize[Any, Any]:
-    """The ``itemize`` of one sender block (see :class:`Itemize`).
+def _itemize_of(state: _State) -> Itemize[Any, Any]:  # noqa: PLR0915 - two hot paths
+    """The ``itemize`` of one sender block (see :class:`Itemize`), and its ``many``.
 
     A function, not an object with ``__call__``: the hot path, and a function costs
-    less to call.
+    less to call. Its fast path runs while the channel is calm (``_State.calm``).
     """
+    if not state.trio:
 
-    async def itemize(item: object, /) -> Any:
-        trio = state.trio
-        if (  # `outside_run()` is inlined here and in `asend`: the hot paths
-            state.thread != _get_ident()
-            or state.end is not None
-            or state.receiver_closed
-            or (trio is None and not state.run.is_running())
-        ):
-            await state.refuse_send()
-        if trio is None:
-            waiter: Any = state.run.create_future()
-        else:
-            await trio.checkpoint_if_cancelled()  # trio's rule: before any effect
-            waiter = trio.current_task()
-        receiver = state.receiver_waiting
-        if receiver is not None and (trio is not None or not receiver.done()):
-            state.receiver_waiting = None
-            if trio is None:
-                receiver.set_result(item)
+        async def itemize(item: object, /) -> Any:  # asyncio and uvloop
+            if _running_loop() is not (loop := state.calm):
+                await state.check_send()  # raises, unless the channel is only busy
+                loop = state.run
+            waiter = _Future(loop=loop)
+            try:
+                state.receiver_waiting.set_result(item)
+            except (AttributeError, _InvalidStateError):  # None: it has not asked; or cancelled
+                state.line_up(waiter, item)
             else:
-                trio.reschedule(receiver, trio.Value(item))
-            state.delivered = waiter
-            state.items_delivered += 1
-        else:
-            if state.queue is None:
-                state.queue = _deque()
-            state.queue.append((waiter, item))
-        try:  # the reply to the next ask
-            if trio is None:
+                state.receiver_waiting = None
+                state.delivered = waiter
+                state.items_delivered += 1
+            try:  # the reply to the next ask
                 return await waiter
-            return await trio.wait_task_rescheduled(lambda _: state.withdraw(waiter))
-        except _Raise as carried:  # from athrow(): raised here, as at a `yield`
-            error = carried.error
-        except BaseException:
-            state.withdraw(waiter)  # on trio, already done when the wait was aborted
-            raise
-        raise error
+            except _Raise as carried:  # from athrow(): raised here, as at a `yield`
+                error = carried.error
+            except BaseException:
+                state.withdraw(waiter)
+                raise
+            raise error
 
-    itemize.many = _many_of(state)  # type: ignore[attr-defined]
-    return itemize  # type: ignore[return-value]
+    else:
+        withdraw_delivered = state.withdraw_delivered  # an abort_fn, made once
 
-
-def _many_of(state: _State) -> Callable[[Iterable[Any]], Awaitable[Any]]:
-    """``itemize.many`` of one sender block (see :meth:`Itemize.many`)."""
+        async def itemize(item: object, /) -> Any:  # trio
+            if _get_ident() != state.calm:
+                await state.check_send()
+            task = _current_task()
+            receiver = state.receiver_waiting
+            if receiver is None:
+                state.line_up(task, item)
+                abort: Any = _partial(state.withdraw, task)
+            else:  # handed over, but taken back if this task's wait is aborted first
+                state.receiver_waiting = None
+                state.handed = state.delivered = task
+                state.items_delivered += 1
+                _reschedule(receiver, _Value(item))
+                abort = withdraw_delivered
+            try:  # the reply to the next ask
+                reply = await _wait_task_rescheduled(abort)
+                if state.revoked is task:  # the ask was cancelled before this task ran
+                    reply = await state.take_back(task)
+            except _Raise as carried:
+                error = carried.error
+            else:
+                state.resumed = None  # the ask stands
+                return reply
+            raise error
 
     async def many(items: Iterable[Any], /) -> Any:
-        if state.outside_run() or state.end is not None or state.receiver_closed:
-            await state.refuse_send()
-        if state.trio is not None:
-            await state.trio.checkpoint_if_cancelled()
+        await state.check_send()  # (on trio, a wait aborted at once takes the items back)
         source = _Source(iter(items))
-        waiter = state.waiter()
-        if state.queue is None:
-            state.queue = _deque()
-        state.queue.append((waiter, source))
+        waiter = _current_task() if state.trio else _Future(loop=state.run)
+        state.line_up(waiter, source)
         state.wake_receiver()  # a waiting receiver pulls the items itself, in its own task
         try:
             return await state.park(waiter)  # the generator's return value
@@ -360,7 +361,8 @@ def _many_of(state: _State) -> Callable[[Iterable[Any]], Awaitable[Any]]:
             raise
         raise error
 
-    return many
+    itemize.many = many  # type: ignore[attr-defined]
+    return itemize  # type: ignore[return-value]
 
 
 @final
@@ -393,7 +395,7 @@ class Receiver(Generic[T_co, R_contra]):
     def __aiter__(self) -> Self:
         return self
 
-    async def asend(self, reply: R_contra | None = None, /) -> T_co:  # noqa: PLR0912 - the hot path
+    async def asend(self, reply: R_contra | None = None, /) -> T_co:  # noqa: PLR0912, PLR0915
         """Ask for the next item and wait for it; the waiting ``itemize`` returns ``reply``.
 
         ``anext(receiver)`` is ``asend(None)``. The ``await itemize(item)`` (or the
@@ -416,62 +418,95 @@ class Receiver(Generic[T_co, R_contra]):
         suspension. Either way no item is lost (see the class).
         """
         state = self._state
-        if (
-            state.thread != _get_ident()
-            or state.end is not None
-            or state.receiver_closed
-            or state.receiver_waiting is not None
-            or (state.trio is None and not state.run.is_running())
-        ):
+        loop = _running_loop()
+        if loop is state.calm and state.receiver_waiting is None:  # asyncio's fast path
+            if reply is not None and not state.items_delivered:
+                state.refuse_early_reply()
+            try:  # noqa: SIM105 - a try costs nothing here. The producer continues now:
+                state.delivered.set_result(reply)
+            except (AttributeError, _InvalidStateError):  # None yet; cancelled; resumed
+                pass
+            waiter = state.receiver_waiting = _Future(loop=loop)
+            try:
+                return await waiter  # type: ignore[no-any-return]
+            except _LookAgain:  # the stream ended, or `many` is queued; the reply went
+                del waiter  # (it holds the exception, whose traceback holds this frame)
+            except BaseException:
+                state.receiver_cancelled(waiter)
+                raise
+            reply = None
+        elif (source := state.pulling) is not None and loop is state.run:  # asyncio, `many`
+            if state.items_delivered < state.checkpoint_due and not state.delivered.done():
+                try:
+                    item = next(source) if reply is None else source.send(reply)
+                except BaseException as exc:
+                    state.end_delegation(state.delivered, exc)
+                    reply = None
+                else:
+                    state.items_delivered += 1
+                    return item  # type: ignore[no-any-return]
+        elif state.trio and _get_ident() == state.calm and state.receiver_waiting is None:
+            if reply is not None and not state.items_delivered:  # (trio's fast path)
+                state.refuse_early_reply()
+            if (producer := state.delivered) is not None:  # resumed, unless aborted first
+                state.delivered, state.resumed = None, producer
+                _reschedule(producer, _Value(reply))
+            state.receiver_waiting = _current_task()
+            try:
+                item = await _wait_task_rescheduled(state.receiver_aborted)
+            except _LookAgain:
+                pass
+            else:
+                if state.handed is not _TAKEN_BACK:
+                    state.handed = state.resumed = None  # the ask stands
+                    return item  # type: ignore[no-any-return]
+            state.handed = state.resumed = None  # its itemize was cancelled: look again
+            reply = None
+
+        # Off the fast paths: ends, misuse, the first use, producers in line, kept items,
+        # a delegation on trio or at its scheduling point.
+        misuse_or_end = state.outside_run() or state.end is not None or state.receiver_closed
+        if misuse_or_end or state.receiver_waiting is not None:
             await state.check_receive()  # raises, unless the stream has not started or has ended
-        elif state.trio is not None:
-            await state.trio.checkpoint_if_cancelled()  # trio's rule: before any effect
-        trio = state.trio
-        if state.kept is not None:
-            return state.take_kept()  # type: ignore[no-any-return]
+        elif state.trio:
+            await _checkpoint_if_cancelled()  # trio's rule: before any effect
         if reply is not None and not state.items_delivered:
             state.refuse_early_reply()
         if state.items_delivered >= state.checkpoint_due:  # taken many without waiting
             await state.pass_scheduling_point()  # before the next: a cancellation loses nothing
-        source: Any = state.source  # an iterator; a generator also has send()
-        if source is not None and (trio is not None or not state.delivered.done()):
-            try:  # delegating to `itemize.many`: take_ready's first step, inlined (per item)
-                item = next(source) if reply is None else source.send(reply)
-            except BaseException as exc:
-                state.end_delegation(state.delivered, exc)  # then, as below, without reply
-            else:
-                state.items_delivered += 1
-                return item  # type: ignore[no-any-return]
+        if state.revoked is not None and state.reask is _NOTHING:  # trio: see take_back
+            state.reask, reply = reply, None
         while True:
-            if state.source is None and not state.queue:
-                producer = state.delivered
-                if producer is not None:  # it continues after its `itemize` now
-                    state.delivered = None
-                    if trio is not None:
-                        trio.reschedule(producer, trio.Value(reply))
-                    elif not producer.done():
-                        producer.set_result(reply)
-            else:  # a cancelled `many`, or other producers wait
-                item = state.take_ready(reply)
-                if item is not _NOTHING:
-                    return item  # type: ignore[no-any-return]
+            item = state.take_ready(reply)
+            if item is not _NOTHING:
+                return item  # type: ignore[no-any-return]
             if (state.end is not None and state.end is not _NOT_STARTED) or state.receiver_closed:
                 await state.report_end()
-            if trio is None:
-                waiter = state.receiver_waiting = state.run.create_future()
+            if not state.trio:
+                waiter = state.receiver_waiting = _Future(loop=state.run)
                 try:
                     item = await waiter
+                except _LookAgain:
+                    del waiter  # (as above)
                 except BaseException:
                     state.receiver_cancelled(waiter)
                     raise
             else:
-                state.receiver_waiting = trio.current_task()
-                item = await trio.wait_task_rescheduled(state.receiver_aborted)
+                state.receiver_waiting = _current_task()
+                try:
+                    item = await _wait_task_rescheduled(state.receiver_aborted)
+                except _LookAgain:
+                    pass
+                else:
+                    if state.handed is _TAKEN_BACK:  # its itemize was cancelled before this ran
+                        item = _NOTHING
+                state.handed = None
             state.checkpoint_due = state.items_delivered + _ITEMS_BETWEEN_CHECKPOINTS
-            if item is not _LOOK_AGAIN:
+            if item is not _NOTHING:
                 return item  # type: ignore[no-any-return]
             # Woken without an item: the stream ended, or `many` is queued. The reply
             # went to the producer resumed above, so the next look passes none on.
+            reply = None
 
     __anext__ = asend
 
@@ -564,25 +599,14 @@ class _Batches(Generic[T_co]):
         batch = [await self._receiver.__anext__()]
         state = self._receiver._state  # pyright: ignore[reportPrivateUsage]
         while (room := self._max_items - len(batch)) > 0:
-            if state.kept is not None:  # what a cancelled batch had taken comes first
-                batch.append(state.take_kept())
-                continue
-            if state.items_delivered >= state.checkpoint_due:
+            if state.items_delivered >= state.checkpoint_due and state.kept is None:
                 try:  # between two items: a cancellation keeps what this batch took
                     await state.pass_scheduling_point()
                 except BaseException:
-                    state.kept = _deque(batch)
+                    state.keep(batch)
                     raise
-            source, producer, taken = state.source, state.delivered, len(batch)
-            if source is not None and (state.trio is not None or not producer.done()):
-                try:  # delegating to `itemize.many`: pull a run of items in one loop
-                    for _ in range(min(room, state.checkpoint_due - state.items_delivered)):
-                        batch.append(next(source))
-                        if state.source is not source:  # its generator closed the receiver
-                            break
-                except BaseException as exc:
-                    state.end_delegation(producer, exc)
-                state.items_delivered += len(batch) - taken
+            if state.pulling is not None and (state.trio or not state.delivered.done()):
+                state.pull_run(batch, min(room, state.checkpoint_due - state.items_delivered))
             elif (item := state.take_ready(None)) is not _NOTHING:
                 batch.append(item)
             else:
@@ -621,13 +645,9 @@ class ChannelStatistics:
     __hash__ = None  # type: ignore[assignment]
 
     def __str__(self) -> str:
-        parts = [self.state]
-        if self.receiver_waiting:
-            parts.append("receiver waiting")
-        if self.producers_waiting:
-            parts.append(f"{self.producers_waiting} itemize waiting")
-        parts.append(f"{self.items_delivered} delivered")
-        return ", ".join(parts)
+        waiting = f"{self.producers_waiting} itemize waiting" if self.producers_waiting else ""
+        parts = [self.state, "receiver waiting" * self.receiver_waiting, waiting]
+        return ", ".join([*filter(None, parts), f"{self.items_delivered} delivered"])
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
@@ -721,7 +741,7 @@ class _Producing(Generic[T, R]):
     async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         assert self._channel is not None
         state = self._channel._state  # pyright: ignore[reportPrivateUsage]
-        in_itemize = state.delivered is not None or bool(state.queue)
+        in_itemize = state.statistics().producers_waiting > 0
         # A producer waiting in itemize ends quietly by ReceiverClosed, as a
         # generator by GeneratorExit; one busy elsewhere must be cancelled.
         state.close_receiver()
@@ -730,12 +750,11 @@ class _Producing(Generic[T, R]):
         # The consumer's exception is kept from the task group, which would cancel
         # the producer with it: however the consumer leaves, a producer waiting in
         # itemize ends by ReceiverClosed alone, and its cleanup runs to the end.
+        errors: list[BaseException] = []
         try:
             await self._tasks.wait()
         except BaseExceptionGroup as group:
             errors = [*group.exceptions]
-        else:
-            errors = []
         if exc is not None:
             errors.append(exc)
         errors = self._what_to_raise(errors)
@@ -794,12 +813,19 @@ def _only_receiver_closed(exc: BaseException) -> bool:
 _NOTHING: Any = object()  # no item ready, where None could be an item
 _NOT_STARTED: Any = object()  # State.end before the sender block is entered
 _CLEAN_END: Any = object()  # State.end after a sender block ended normally
-_LOOK_AGAIN: Any = object()  # wakes a receiver with no item: it ended, or `many` is queued
+_BUSY: Any = object()  # State.calm while the fast paths are closed: no loop or thread is it
+_TAKEN_BACK: Any = object()  # State.handed after the producer's wait was aborted at once
 
 # A receiver taking items without waiting (from `itemize.many`, or from many
 # producers) passes a scheduling point before it takes more than this many in a row,
 # to stay cancellable and fair.
 _ITEMS_BETWEEN_CHECKPOINTS = 256
+# Iterators that run no code of their own: a batch takes a run of their items at once.
+_INERT_ITERATORS = frozenset(map(type, map(iter, ((), [], range(0), "", b""))))
+
+
+class _LookAgain(BaseException):
+    """Wakes a receiver with no item: the stream ended, or ``itemize.many`` is queued."""
 
 
 class _Raise(BaseException):
@@ -837,7 +863,8 @@ class _State:
 
     - A waiter is an asyncio future of the channel's loop, or a trio task. It is
       linked in at most one place (``receiver_waiting``, ``delivered``, ``queue``),
-      and whoever wakes it unlinks it first.
+      and whoever wakes it unlinks it first; except that on asyncio the fast path
+      leaves a resumed producer's future, done, as ``delivered`` until the next item.
     - While ``itemize.many`` delegates, ``source`` is its iterator and ``delivered``
       its waiter; each ask pulls the next item from ``source``.
     - On trio, a cancelled task unlinks itself at once (``abort_fn``), so every
@@ -848,25 +875,12 @@ class _State:
       the receiver closes, every waiter is woken.
     """
 
-    __slots__ = (
-        "backend",
-        "checkpoint_due",
-        "delivered",
-        "end",
-        "items_delivered",
-        "kept",
-        "queue",
-        "receiver_closed",
-        "receiver_waiting",
-        "run",
-        "source",
-        "thread",
-        "trio",
-    )
+    __slots__ = ("calm", "checkpoint_due", "delivered", "end", "handed", "items_delivered", "kept",
+                 "pulling", "queue", "reask", "receiver_closed", "receiver_waiting", "resumed",
+                 "revoked", "run", "source", "thread", "trio")  # fmt: skip
 
     def __init__(self) -> None:
-        self.backend: _Backend | None = None  # the event loop library, once bound
-        self.trio: _Trio | None = None  # the trio backend's primitives, or None on asyncio
+        self.trio = False  # whether the backend is trio
         self.run: Any = None  # the bound asyncio loop, or the root task of the bound trio run
         self.thread: int | None = None  # the thread that runs it
         self.receiver_waiting: Any = None  # the waiter of the receiver, parked in `asend`
@@ -883,20 +897,31 @@ class _State:
         # The receiver passes a scheduling point before it takes more items without
         # waiting once `items_delivered` reaches this; each wait moves it on.
         self.checkpoint_due = _ITEMS_BETWEEN_CHECKPOINTS
+        # The fast paths' one test. While the channel is calm (open, nothing in line,
+        # delegated or kept), `calm` is what identifies where it may be used: its
+        # asyncio loop, or the thread of its trio run; else _BUSY, which nothing is.
+        # While `itemize.many` delegates and nothing else is special, `pulling` is
+        # its iterator. `settle()` sets both after every change off the fast paths.
+        self.calm: Any = _BUSY
+        self.pulling: Any = None  # an iterator; a generator also has send()
+        # trio's rule: an operation in a cancelled scope has no effect. The fast paths
+        # act, then park, and if the park is aborted at once, they take the act back.
+        # `handed`: the producer whose item is on its way to the receiver; `resumed`: the
+        # producer that an ask resumed, before it has run; `revoked`: that producer, when
+        # the ask was then cancelled (it waits again); `reask`: the reply of an ask since.
+        self.handed: Any = None
+        self.resumed: Any = None
+        self.revoked: Any = None
+        self.reask: Any = _NOTHING
 
     # Parking and waking, for the paths off the hot ones (which inline them).
 
-    def waiter(self) -> Any:
-        """A waiter for the current task: a future of the loop, or the trio task itself."""
-        return self.run.create_future() if self.trio is None else self.trio.current_task()
-
     async def park(self, waiter: Any) -> Any:
         """Wait as a producer until woken: unlinked at once if the wait is interrupted."""
-        trio = self.trio
         try:
-            if trio is None:
+            if not self.trio:
                 return await waiter
-            return await trio.wait_task_rescheduled(lambda _: self.withdraw(waiter))
+            return await _wait_task_rescheduled(_partial(self.withdraw, waiter))
         except _Raise:
             raise
         except BaseException:
@@ -905,50 +930,105 @@ class _State:
 
     def waiting(self, waiter: Any) -> bool:
         """Whether a linked waiter still waits (an asyncio future may be cancelled)."""
-        return self.trio is not None or not waiter.done()
+        return self.trio or not waiter.done()
 
     def wake(self, waiter: Any, value: Any) -> None:
-        if self.trio is not None:
-            self.trio.reschedule(waiter, self.trio.Value(value))
+        if self.trio:
+            _reschedule(waiter, _Value(value))
         elif not waiter.done():
             waiter.set_result(value)
 
     def fail(self, waiter: Any, error: BaseException) -> None:
-        if self.trio is not None:
-            self.trio.reschedule(waiter, self.trio.Error(error))
+        if self.trio:
+            _reschedule(waiter, _Error(error))
         elif not waiter.done():
             waiter.set_exception(error)
 
     def receiver_aborted(self, _: object) -> Any:
-        """trio's ``abort_fn`` for the receiver: it only unlinks the task."""
+        """trio's ``abort_fn`` for the receiver: unlink it, and take back its ask if the
+        producer it resumed has not run yet (see ``resumed``)."""
         self.receiver_waiting = None
-        return self.trio.succeeded  # type: ignore[union-attr]
+        if self.resumed is not None:
+            self.revoked, self.resumed = self.resumed, None
+            self.calm = _BUSY
+        return _aborted
+
+    async def take_back(self, task: Any) -> Any:
+        """trio: the ask that resumed ``task`` was cancelled before the task ran, so it
+        waits for the next one, unless one came meanwhile or the stream ended."""
+        reply = None
+        while self.revoked is task:
+            self.revoked, reply, self.reask = None, self.reask, _NOTHING
+            self.settle()
+            await _checkpoint_if_cancelled()
+            if type(reply) is _Raise:  # athrow() asked meanwhile
+                try:
+                    raise reply
+                finally:
+                    del reply  # no reference cycle through this frame
+            if reply is not _NOTHING:
+                return reply
+            if self.receiver_closed:
+                raise _receiver_closed()
+            if self.end is not None:  # another task ended the block: delivered, it returns
+                return None
+            self.delivered = task
+            reply = await self.park(task)
+        return reply
+
+    def settle(self) -> None:
+        """Open or close the fast paths after a change off them (see ``calm``)."""
+        flowing = not (self.end or self.receiver_closed or self.kept or self.revoked)
+        here = self.thread if self.trio else self.run
+        self.calm = here if flowing and not self.queue and self.source is None else _BUSY
+        self.pulling = self.source if flowing else None
+
+    def line_up(self, waiter: Any, entry: Any) -> None:
+        """Wait in line to hand over an item, or a _Source of ``itemize.many``."""
+        if self.queue is None:
+            self.queue = _deque()
+        self.queue.append((waiter, entry))
+        self.calm = _BUSY
 
     def receiver_cancelled(self, waiter: Any) -> None:
         """Unlink the receiver's future; keep an item that reached it too late."""
         if self.receiver_waiting is waiter:
             self.receiver_waiting = None
-        elif waiter.done() and not waiter.cancelled():
-            item = waiter.result()
-            if item is not _LOOK_AGAIN:
-                self.kept = _deque([item])
+        elif waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+            self.keep([waiter.result()])
 
-    def withdraw(self, waiter: Any) -> Any:
-        """Unlink a producer whose wait was interrupted; to trio, its abort succeeded."""
+    def keep(self, items: list[Any]) -> None:
+        self.kept = _deque(items)
+        self.settle()
+
+    def withdraw_delivered(self, _: object) -> Any:
+        """trio's ``abort_fn`` of the producer that handed the last item over."""
+        return self.withdraw(self.delivered)
+
+    def withdraw(self, waiter: Any, _: object = None) -> Any:
+        """Unlink a producer whose wait was interrupted; to trio, its abort succeeded.
+
+        On trio, an item handed over that the receiver has not taken yet (it has not run
+        since) is taken back too (see ``handed``).
+        """
         if self.delivered is waiter:
             self.delivered = self.source = None
+            if self.handed is waiter:
+                self.handed = _TAKEN_BACK
+                self.items_delivered -= 1
         elif self.queue:
             for entry in self.queue:
                 if entry[0] is waiter:
                     self.queue.remove(entry)
                     break
-        return self.trio and self.trio.succeeded
+        self.settle()
+        return _aborted
 
     def wake_receiver(self) -> None:
         """Wake a waiting receiver with no item, to look at the channel again."""
         receiver, self.receiver_waiting = self.receiver_waiting, None
         if receiver is not None:
-            self.wake(receiver, _LOOK_AGAIN)
+            self.fail(receiver, _LookAgain())
 
     # The hand-over.
 
@@ -958,11 +1038,17 @@ class _State:
             raise _receiver_closed()
         if self.receiver_waiting is not None:  # it asked before the producer ran
             return
-        waiter = self.delivered = self.waiter()  # the first ask wakes it, as an itemize
+        # The first ask wakes it, as an itemize:
+        waiter = self.delivered = _current_task() if self.trio else _Future(loop=self.run)
         await self.park(waiter)
+        if self.revoked is waiter:  # trio: that ask was cancelled before this ran
+            await self.take_back(waiter)
+        self.resumed = None
 
     def take_ready(self, reply: Any) -> Any:
         """Ask without waiting: the next item if one is ready, else ``_NOTHING``."""
+        if self.kept is not None:  # taken by a request that was cancelled: it goes first
+            return self.take_kept()
         while True:
             source: Any = self.source  # an iterator; a generator also has send()
             waiter = self.delivered
@@ -970,7 +1056,7 @@ class _State:
                 self.delivered = None
                 if waiter is not None:
                     self.wake(waiter, reply)  # it continues after its `itemize` now
-            elif self.trio is not None or not waiter.done():  # `waiting`, inlined: per item
+            elif self.trio or not waiter.done():  # `waiting`, inlined: per item
                 try:
                     item = next(source) if reply is None else source.send(reply)
                 except BaseException as exc:
@@ -987,18 +1073,39 @@ class _State:
                 if self.waiting(waiter):
                     break
             else:
+                self.settle()
                 return _NOTHING
             self.delivered = waiter
             if type(item) is _Source:
                 self.source = item.iterator
+                self.settle()
                 continue
             self.items_delivered += 1
+            self.settle()
             return item
+
+    def pull_run(self, batch: list[Any], run: int) -> None:
+        """Pull up to ``run`` items of a delegation into ``batch``, in one loop."""
+        source: Any = self.source
+        producer, taken = self.delivered, len(batch)
+        if type(source) in _INERT_ITERATORS:  # it runs no code: one C-level step
+            batch += _islice(source, run)
+            if len(batch) - taken < run:
+                self.end_delegation(producer, StopIteration())
+        else:
+            try:
+                for _ in range(run):
+                    batch.append(next(source))
+                    if self.source is not source:  # its generator closed the receiver
+                        break
+            except BaseException as exc:
+                self.end_delegation(producer, exc)
+        self.items_delivered += len(batch) - taken
 
     async def pass_scheduling_point(self) -> None:
         """Let the other tasks run, and a cancellation reach the receiver, between two items."""
         try:
-            await self.backend.checkpoint()  # type: ignore[union-attr]
+            await self.scheduling_point()
         finally:  # passed, also if a cancellation was delivered there
             self.checkpoint_due = self.items_delivered + _ITEMS_BETWEEN_CHECKPOINTS
 
@@ -1008,11 +1115,13 @@ class _State:
         item = kept.popleft()
         if not kept:
             self.kept = None
+            self.settle()
         return item
 
     def end_delegation(self, waiter: Any, exc: BaseException) -> None:
         """The delegated iterator ended: ``many`` returns its value or raises ``exc``."""
         self.source = self.delivered = None
+        self.settle()
         if isinstance(exc, StopIteration):
             self.wake(waiter, exc.value)
         else:  # raised in the producer, as `yield from` does
@@ -1022,10 +1131,13 @@ class _State:
         """Raise ``exc`` where the producer waits: the next item if a delegation yields one."""
         producer = self.delivered
         if producer is None or not self.waiting(producer):
+            if self.revoked is not None and self.reask is _NOTHING:  # trio: see take_back
+                self.reask = _Raise(exc)
             return _NOTHING
         throw = getattr(self.source, "throw", None)
         if throw is None:  # an itemize, or an iterator that cannot take it
             self.delivered = self.source = None
+            self.settle()
             self.fail(producer, _Raise(exc))
             return _NOTHING
         try:
@@ -1039,46 +1151,29 @@ class _State:
     def end_stream(self, end: Any) -> None:
         """The sender block exited: wake everybody who waits on it."""
         self.end = end
-        self.wake_receiver()
-        producer, self.delivered = self.delivered, None
-        if self.source is not None:  # another task's `many`, cut short
-            self.source = None
-            self.fail(producer, _block_ended())
-        elif producer is not None:
-            # Another task whose item was taken: it was delivered, so it returns.
-            self.wake(producer, None)
-        # Other tasks still waiting to hand an item over: it was never taken.
-        queue, self.queue = self.queue, None
-        for waiter, _ in queue or ():
-            self.fail(waiter, _block_ended())
+        self.wake_everybody(_block_ended)
 
     def close_receiver(self) -> None:
-        if self.receiver_closed:
-            return
-        self.receiver_closed = True
-        self.kept = None
+        if not self.receiver_closed:
+            self.receiver_closed, self.kept = True, None
+            self.wake_everybody(_receiver_closed)
+
+    def wake_everybody(self, error: Callable[[], BaseException]) -> None:
+        """The stream is over: the receiver looks again; producers in line get ``error()``
+        (their items were never taken), as does the one delivered last, unless the
+        block ended while it waited for the next ask: its item was delivered, it returns."""
+        self.calm, self.pulling = _BUSY, None
         self.wake_receiver()
-        producer, self.delivered = self.delivered, None
-        queue, self.queue = self.queue, None
-        self.source = None  # a `many` call closes its own iterator
-        if producer is not None:
-            self.fail(producer, _receiver_closed())
+        producer, self.delivered, queue, self.queue = self.delivered, None, self.queue, None
+        if producer is not None and (self.receiver_closed or self.source is not None):
+            self.fail(producer, error())  # (a `many` call closes its own iterator)
+        elif producer is not None:
+            self.wake(producer, None)
+        self.source = None
         for waiter, _ in queue or ():
-            self.fail(waiter, _receiver_closed())
+            self.fail(waiter, error())
 
     # Ends and misuse: the slow paths.
-
-    def end_of_stream(self) -> BaseException:
-        """The exception that tells the receiver why no item will come."""
-        if self.receiver_closed:
-            return ChannelClosed("this receiver was closed; create a new Channel to receive again")
-        if self.end is _CLEAN_END:
-            return StopAsyncIteration()
-        failed = SenderFailed(
-            f"the sender block ended with {self.end!r}, so the stream is incomplete"
-        )
-        failed.__cause__ = self.end
-        return failed
 
     async def report_end(self) -> None:
         """Raise why no item will come, once a cancellation of the receiver could reach it.
@@ -1088,17 +1183,25 @@ class _State:
         then, not SenderFailed from the producer's. On trio a cancellation is checked for;
         on asyncio it lands only when a task suspends, so a failed end suspends once.
         """
-        if self.trio is not None:
-            await self.trio.checkpoint_if_cancelled()
+        if self.trio:
+            await _checkpoint_if_cancelled()
         elif self.end is not _CLEAN_END and not self.receiver_closed:
-            await self.backend.checkpoint()  # type: ignore[union-attr]
-        raise self.end_of_stream()
+            await self.scheduling_point()
+        if self.receiver_closed:
+            raise ChannelClosed("this receiver was closed; create a new Channel to receive again")
+        if self.end is _CLEAN_END:
+            raise StopAsyncIteration
+        message = f"the sender block ended with {self.end!r}, so the stream is incomplete"
+        raise SenderFailed(message) from self.end
 
-    async def refuse_send(self) -> None:
-        """Refuse ``itemize`` or ``many``: another loop, the block ended, the receiver closed."""
+    async def check_send(self) -> None:
+        """Off the fast path: refuse ``itemize`` or ``many`` (another loop, the block ended,
+        the receiver closed), unless the channel is only busy."""
+        if not (self.outside_run() or self.end is not None or self.receiver_closed):
+            return
         self.check_run()
-        if self.trio is not None:
-            await self.trio.checkpoint_if_cancelled()  # trio's rule: cancelled first
+        if self.trio:
+            await _checkpoint_if_cancelled()  # trio's rule: cancelled first
         if self.end is not None:
             raise ChannelClosed(
                 "itemize was called after its sender block ended; call it only "
@@ -1110,10 +1213,10 @@ class _State:
     async def check_receive(self) -> None:
         """The checks of a request off the hot path; on trio, a cancellation first."""
         self.check_run()
-        if self.trio is not None:
-            await self.trio.checkpoint_if_cancelled()
+        if self.trio:
+            await _checkpoint_if_cancelled()
         if self.receiver_closed:
-            raise self.end_of_stream()
+            await self.report_end()
         if self.receiver_waiting is not None:
             raise ChannelError(
                 "another task is already waiting for an item from this receiver; "
@@ -1129,37 +1232,33 @@ class _State:
 
     def outside_run(self) -> bool:
         """Whether the caller may run outside the bound loop or trio run: then ``check_run``."""
-        return self.thread != _get_ident() or (self.trio is None and not self.run.is_running())
+        return self.thread != _get_ident() or not (self.trio or self.run.is_running())
 
     def check_run(self) -> None:
         """Bind the channel on first use; refuse another event loop afterwards.
 
-        The hot paths only compare the thread and, on asyncio, ask whether the bound
-        loop runs (one thread runs one loop at a time). On trio that suffices: a
+        The fast paths compare only what ``calm`` holds: the bound loop (which runs
+        in one thread at a time), or on trio the thread. On trio that suffices: a
         trio run waits for all its tasks, so a channel bound to a run that is over
         has ended, or has not started (a receiver then takes this path).
         """
-        if self.backend is None:
-            self.backend = _running_backend()
-            self.run, self.thread = self.backend.current_run(), _get_ident()
-            self.trio = self.backend.trio
-        elif self.backend.current_run() is not self.run:
+        if self.run is None:
+            backend = _running_backend()
+            self.trio, self.run, self.thread = backend.trio, backend.current_run(), _get_ident()
+        elif _backends["trio" if self.trio else "asyncio"].current_run() is not self.run:
             raise ChannelError(
                 "this channel belongs to another event loop (or trio run); "
                 "create the Channel again inside the loop that uses it"
             )
 
+    def scheduling_point(self) -> Awaitable[None]:
+        return _checkpoint() if self.trio else _sleep(0)  # type: ignore[no-any-return]
+
     def statistics(self) -> ChannelStatistics:
-        if self.receiver_closed:
-            state = "receiver closed"
-        elif self.end is _NOT_STARTED:
-            state = "not started"
-        elif self.end is None:
-            state = "open"
-        else:
-            state = "ended" if self.end is _CLEAN_END else "failed"
+        names = {_NOT_STARTED: "not started", None: "open", _CLEAN_END: "ended"}
+        state = "receiver closed" if self.receiver_closed else names.get(self.end, "failed")
         waiting = sum(self.waiting(waiter) for waiter, _ in self.queue or ())
-        waiting += self.delivered is not None
+        waiting += self.delivered is not None and self.waiting(self.delivered)
         return ChannelStatistics(
             state, self.receiver_waiting is not None, waiting, self.items_delivered
         )
@@ -1205,55 +1304,41 @@ if TYPE_CHECKING:
 class _Backend:
     """What the rest of the module needs of one event loop library."""
 
-    __slots__ = ("cancelled", "checkpoint", "current_run", "task_group", "trio")
+    __slots__ = ("cancelled", "current_run", "task_group", "trio")
 
     def __init__(
         self,
         current_run: Callable[[], object],
-        checkpoint: Callable[[], Awaitable[None]],
         task_group: Callable[[], _TaskGroup],
         cancelled: type[BaseException],
-        trio: _Trio | None = None,
+        trio: bool = False,
     ) -> None:
         self.current_run = current_run  # the running loop or trio run, or None
-        self.checkpoint = checkpoint  # a scheduling point
         self.task_group = task_group
         self.cancelled = cancelled  # the exception a cancelled task raises
-        self.trio = trio  # on trio, its primitives for parking and waking
-
-
-@final
-class _Trio:
-    """trio's primitives for parking and waking a task, for the hand-over."""
-
-    __slots__ = (
-        "Error",
-        "Value",
-        "checkpoint_if_cancelled",
-        "current_task",
-        "reschedule",
-        "succeeded",
-        "wait_task_rescheduled",
-    )
-
-    def __init__(self) -> None:
-        from outcome import Error, Value
-        from trio.lowlevel import (
-            Abort,
-            checkpoint_if_cancelled,
-            current_task,
-            reschedule,
-            wait_task_rescheduled,
-        )
-
-        self.checkpoint_if_cancelled = checkpoint_if_cancelled
-        self.current_task, self.reschedule = current_task, reschedule
-        self.wait_task_rescheduled = wait_task_rescheduled
-        self.Value: Callable[[object], Value[object]] = Value
-        self.Error, self.succeeded = Error, Abort.SUCCEEDED
+        self.trio = trio
 
 
 _backends: dict[str, _Backend] = {}
+
+
+# The backends' own primitives, bound when a backend is made, for the hot paths to
+# call directly (until then no channel uses that backend, and they are not called).
+# asyncio: plain futures (the channel's own, which no user code sees). trio: a task
+# parks with wait_task_rescheduled and is woken with reschedule, the value (outcome's
+# Value or Error) travelling with the wake-up.
+_running_loop: Callable[[], object] = lambda: None  # noqa: E731
+_Future: Any = None
+_InvalidStateError: Any = None
+_sleep: Any = None
+_current_task: Any = None
+_checkpoint: Any = None
+_checkpoint_if_cancelled: Any = None
+_reschedule: Any = None
+_wait_task_rescheduled: Any = None
+_Value: Any = None
+_Error: Any = None
+_aborted: Any = None
 
 
 def _running_backend() -> _Backend:
@@ -1275,6 +1360,10 @@ def _running_backend() -> _Backend:
 def _make_asyncio_backend() -> _Backend:
     import asyncio
 
+    global _running_loop, _Future, _InvalidStateError, _sleep
+    _running_loop = asyncio.events._get_running_loop
+    _Future, _InvalidStateError, _sleep = asyncio.Future, asyncio.InvalidStateError, asyncio.sleep
+
     @final
     class _AsyncioTaskGroup:
         __slots__ = ("_group", "_task")
@@ -1295,19 +1384,20 @@ def _make_asyncio_backend() -> _Backend:
         def cancel(self) -> None:
             self._task.cancel()
 
-    async def checkpoint() -> None:
-        await asyncio.sleep(0)
-
-    return _Backend(
-        asyncio.events._get_running_loop,  # the loop also makes the channel's futures
-        checkpoint,
-        _AsyncioTaskGroup,
-        asyncio.CancelledError,
-    )
+    return _Backend(asyncio.events._get_running_loop, _AsyncioTaskGroup, asyncio.CancelledError)
 
 
 def _make_trio_backend() -> _Backend:
+    import outcome
     import trio
+
+    global _current_task, _checkpoint, _checkpoint_if_cancelled, _reschedule
+    global _wait_task_rescheduled, _Value, _Error, _aborted
+    lowlevel = trio.lowlevel
+    _current_task, _checkpoint = lowlevel.current_task, lowlevel.checkpoint
+    _checkpoint_if_cancelled, _reschedule = lowlevel.checkpoint_if_cancelled, lowlevel.reschedule
+    _wait_task_rescheduled, _aborted = lowlevel.wait_task_rescheduled, lowlevel.Abort.SUCCEEDED
+    _Value, _Error = outcome.Value, outcome.Error
 
     @final
     class _TrioTaskGroup:
@@ -1347,4 +1437,4 @@ def _make_trio_backend() -> _Backend:
         except RuntimeError:  # not inside trio at all
             return None
 
-    return _Backend(current_run, trio.lowlevel.checkpoint, _TrioTaskGroup, trio.Cancelled, _Trio())
+    return _Backend(current_run, _TrioTaskGroup, trio.Cancelled, trio=True)

@@ -898,6 +898,17 @@ async def itemize_with_the_consumer_waiting() -> str:
     return f"{how}, received {received}"
 
 
+async def itemize_with_the_consumer_waiting_since_before_the_block() -> str:
+    c: Channel[int] = Channel()
+    received: list[int] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(read_into, received, c.receiver)
+        await wait_until(lambda: c.statistics().receiver_waiting)
+        async with c.sender as itemize:
+            how = await outcome(itemize(1))
+    return f"{how}, received {received}"
+
+
 async def itemize_with_nobody_waiting() -> str:
     c: Channel[int] = Channel()
     async with c.sender as itemize:
@@ -1022,6 +1033,12 @@ IN_A_CANCELLED_SCOPE = [  # the operation, what it does on trio, and on asyncio 
         id="itemize, the consumer waiting",
     ),
     pytest.param(
+        itemize_with_the_consumer_waiting_since_before_the_block,
+        "Cancelled, received []",
+        "Cancelled, received [1]",
+        id="itemize, the consumer waiting since before the block began",
+    ),
+    pytest.param(
         itemize_with_nobody_waiting,
         "Cancelled, received []",
         "Cancelled, received []",  # withdrawn
@@ -1102,6 +1119,198 @@ async def test_what_an_operation_does_in_a_cancelled_scope(
 ) -> None:
     with anyio.fail_after(STEP):
         assert await operation() == (on_trio if in_trio() else on_asyncio)
+
+
+# After an ask cancelled in its scope: on trio the ask is taken back if its producer has
+# not run yet, so that the producer's `itemize` returns only for an ask that stood; its
+# reply comes from the next ask. Whether the producer runs before the consumer's next
+# step is up to trio's scheduler, so each runs under several of its schedules, and all
+# must end the same. On asyncio the cancelled ask resumed the producer before it waited.
+
+
+async def under_several_schedules(scenario: Callable[[], Awaitable[str]]) -> set[str]:
+    outcomes = set()
+    for seed in range(16) if in_trio() else range(1):
+        with counting_scheduling_points(Stepper(-1, lambda: None), seed):
+            outcomes.add(await scenario())
+    return outcomes
+
+
+async def _cancelled_ask(c: Channel[int, str]) -> None:
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        await c.receiver.asend("the cancelled ask")
+    assert scope.cancelled_caught
+
+
+async def asking_again_after_a_cancelled_ask() -> str:
+    c: Channel[int, str] = Channel()
+    replies: list[str | None] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            replies.append(await itemize(0))
+            replies.append(await itemize(1))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        await _cancelled_ask(c)
+        got = await c.receiver.asend("the next ask")
+        rest = await collect(c.receiver)
+    return f"{got}, then {rest}, replies {replies}"
+
+
+async def athrow_after_a_cancelled_ask() -> str:
+    c: Channel[int, str] = Channel()
+    caught: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            try:
+                await itemize(0)
+            except KeyError:
+                caught.append("itemize(0) raised KeyError")
+            await itemize(1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        await _cancelled_ask(c)
+        got = await c.receiver.athrow(KeyError)
+        rest = await collect(c.receiver)
+    return f"{got}, then {rest}, {caught}"
+
+
+async def closing_after_a_cancelled_ask() -> str:
+    c: Channel[int, str] = Channel()
+    stopped: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            for i in range(2):
+                try:
+                    await itemize(i)
+                except ReceiverClosed:
+                    stopped.append(f"itemize({i}) raised ReceiverClosed")
+                    raise
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        await _cancelled_ask(c)
+        c.receiver.close()
+    return ", ".join(stopped)
+
+
+async def cancelling_the_producer_after_a_cancelled_ask() -> str:
+    c: Channel[int, str] = Channel()
+    producing = anyio.CancelScope()
+    ended: list[str] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with producing:
+                for i in range(2):
+                    await itemize(i)
+                    ended.append(f"itemize({i}) returned")
+            ended.append("cancelled" if producing.cancelled_caught else "")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        await _cancelled_ask(c)
+        producing.cancel()
+        rest = await collect(c.receiver)
+    return f"{', '.join(ended)}, then {rest}"
+
+
+async def ending_the_block_after_a_cancelled_ask() -> str:
+    """The consumer's task holds the block; another task shares its itemize."""
+    c: Channel[int, str] = Channel()
+    replies: list[object] = []
+
+    async def straggler(itemize: Itemize[int, str]) -> None:
+        replies.append(await itemize(0))
+        try:
+            await itemize(1)
+        except ChannelClosed:
+            replies.append("itemize(1) raised ChannelClosed")
+
+    async with anyio.create_task_group() as tg:
+        async with c.sender as itemize:
+            tg.start_soon(straggler, itemize)
+            assert await anext(c.receiver) == 0
+            await _cancelled_ask(c)
+        await settle()  # the straggler runs: no ask came since
+        rest = await collect(c.receiver)
+    return f"then {rest}, replies {replies}"
+
+
+async def a_producer_function_whose_first_ask_is_cancelled() -> str:
+    events: list[str] = []
+
+    @channel.producer
+    async def numbers(itemize: Itemize[int, str]) -> None:
+        events.append("started")
+        await itemize(0)
+
+    async with numbers() as items:
+        await settle()  # the producer waits for the first ask
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await anext(items)
+        events.append("asked again")
+        events.append(f"got {await anext(items)}")
+    return ", ".join(events)
+
+
+AFTER_A_CANCELLED_ASK = [  # the scenario, what it does on trio, and on asyncio and uvloop
+    pytest.param(
+        asking_again_after_a_cancelled_ask,
+        "1, then [], replies ['the next ask', None]",
+        "1, then [], replies ['the cancelled ask', None]",
+        id="asking again",
+    ),
+    pytest.param(
+        athrow_after_a_cancelled_ask,
+        "1, then [], ['itemize(0) raised KeyError']",
+        "1, then [], []",  # itemize(0) had returned: the exception goes nowhere
+        id="athrow",
+    ),
+    pytest.param(
+        closing_after_a_cancelled_ask,
+        "itemize(0) raised ReceiverClosed",
+        "itemize(1) raised ReceiverClosed",
+        id="closing the receiver",
+    ),
+    pytest.param(
+        cancelling_the_producer_after_a_cancelled_ask,
+        "cancelled, then []",
+        "itemize(0) returned, cancelled, then []",
+        id="cancelling the producer",
+    ),
+    pytest.param(
+        ending_the_block_after_a_cancelled_ask,
+        "then [], replies [None, 'itemize(1) raised ChannelClosed']",
+        "then [], replies ['the cancelled ask', 'itemize(1) raised ChannelClosed']",
+        id="ending the block",
+    ),
+    pytest.param(
+        a_producer_function_whose_first_ask_is_cancelled,
+        "asked again, started, got 0",
+        "started, asked again, got 0",
+        id="a producer function's first ask",
+    ),
+]
+
+
+@pytest.mark.parametrize(("scenario", "on_trio", "on_asyncio"), AFTER_A_CANCELLED_ASK)
+async def test_what_follows_an_ask_cancelled_before_its_producer_ran(
+    scenario: Callable[[], Awaitable[str]], on_trio: str, on_asyncio: str
+) -> None:
+    with anyio.fail_after(STEP):
+        assert await under_several_schedules(scenario) == {on_trio if in_trio() else on_asyncio}
 
 
 # --- 7. Misuse is loud: a channel belongs to the event loop that first uses it --------
@@ -1320,6 +1529,11 @@ async def asend_a_value_before_the_first_item(c: Channel[int, Any]) -> None:
     await c.receiver.asend(1)
 
 
+async def asend_a_value_before_the_first_item_the_block_open(c: Channel[int, Any]) -> None:
+    async with c.sender:
+        await c.receiver.asend(1)
+
+
 async def athrow_before_the_first_item(c: Channel[int, Any]) -> None:
     await c.receiver.athrow(KeyError("too early"))
 
@@ -1526,12 +1740,18 @@ MISUSES = [
     pytest.param(asend_on_a_closed_receiver, ChannelClosed, RECEIVER_WAS_CLOSED),
     pytest.param(itemize_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
     pytest.param(itemize_many_after_the_receiver_closed, ReceiverClosed, NOBODY_WILL_TAKE_IT),
-    pytest.param(
-        asend_a_value_before_the_first_item,
-        ChannelError,
-        "asend() with a value before the first item: no itemize is waiting for a reply "
-        "yet; ask for the first item with anext() or asend(None)",
-    ),
+    *[
+        pytest.param(
+            asend_early,
+            ChannelError,
+            "asend() with a value before the first item: no itemize is waiting for a reply "
+            "yet; ask for the first item with anext() or asend(None)",
+        )
+        for asend_early in (
+            asend_a_value_before_the_first_item,
+            asend_a_value_before_the_first_item_the_block_open,
+        )
+    ],
     pytest.param(
         athrow_before_the_first_item,
         ChannelError,
@@ -3093,6 +3313,60 @@ async def test_batches_of_one_give_one_item_per_list() -> None:
             assert [batch async for batch in c.receiver.batches(1)] == [[0], [1], [2]]
 
 
+class CountingIterator:
+    """An iterator that runs code of its own: it returns a value, as a generator can."""
+
+    def __init__(self, count: int) -> None:
+        self.next = 0
+        self.count = count
+
+    def __iter__(self) -> CountingIterator:
+        return self
+
+    def __next__(self) -> int:
+        if self.next == self.count:
+            raise StopIteration("counted")  # what `yield from` returns
+        self.next += 1
+        return self.next - 1
+
+
+ITERABLES = [
+    pytest.param(lambda: [0, 1, 2, 3, 4], id="list"),
+    pytest.param(lambda: (0, 1, 2, 3, 4), id="tuple"),
+    pytest.param(lambda: range(5), id="range"),
+    pytest.param(lambda: CountingIterator(5), id="an iterator of its own"),
+]
+
+
+@pytest.mark.parametrize("make", ITERABLES)
+async def test_a_batch_takes_any_iterables_run_and_many_returns_what_yield_from_would(
+    make: Callable[[], Any],
+) -> None:
+    """A list's, tuple's or range's items are taken in one C-level step; an iterator that
+    runs code of its own is pulled item by item. Either way many returns as ``yield from``."""
+    iterable = make()
+    c: Channel[int | object] = Channel()
+    returned: list[object] = []
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            returned.append(await itemize.many(iterable))
+            await itemize("after")
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(producer)
+            batches = [batch async for batch in c.receiver.batches(3)]
+    assert batches == [[0, 1, 2], [3, 4], ["after"]]
+    assert returned == ["counted" if isinstance(iterable, CountingIterator) else None]
+
+
+def test_every_sender_of_a_channel_is_its_one_producing_end() -> None:
+    c: Channel[int] = Channel()
+    assert isinstance(c.sender, channel.Sender)
+    assert repr(c.sender) == "<Sender of channel not started, 0 delivered>"
+
+
 # --- The structured producer ---------------------------------------------------------
 
 
@@ -3394,10 +3668,11 @@ async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_ca
     None
 ):
     events: list[str] = []
-    ready = anyio.Event()
+    started, ready = anyio.Event(), anyio.Event()
 
     @channel.producer
     async def agen(itemize: Itemize[int]) -> None:
+        started.set()
         await ready.wait()
         try:
             await itemize(1)  # nobody waits in anext any more: the item waits untaken
@@ -3407,11 +3682,15 @@ async def test_a_producer_whose_item_waits_untaken_gets_receiver_closed_not_a_ca
             events.append("cleaned up")
             raise
 
+    async def give_up_once_started(asking: anyio.CancelScope) -> None:
+        await started.wait()
+        asking.cancel()
+
     with anyio.fail_after(STEP):
         async with agen() as items, anyio.create_task_group() as tg:
             await settle()  # the producer waits for the first ask
             with anyio.CancelScope() as asking:
-                tg.start_soon(_cancel_later, asking)  # runs once this task waits
+                tg.start_soon(give_up_once_started, asking)
                 await anext(items)  # asks, which starts the producer, then gives up
             ready.set()
             await settle()
