@@ -24,7 +24,7 @@ _found = [path for v in SUPPORTED for path in sorted(glob.glob(f"{_pyenv}/versio
 os.environ["PATH"] = os.pathsep.join([*_found, os.environ.get("PATH", "")])
 PYTHONS = [v for v in SUPPORTED if v == REQUIRED or shutil.which(f"python{v}")]
 
-nox.options.sessions = ["tests", "coverage"]
+nox.options.sessions = ["tests", "coverage"]  # bench: on request
 nox.options.error_on_missing_interpreters = True  # a missing 3.11 fails the run
 nox.options.default_venv_backend = "venv"
 
@@ -50,3 +50,21 @@ def coverage(session: nox.Session) -> None:
     session.log(
         f"The suite, then the specification under coverage, ran on CPython {', '.join(PYTHONS)}."
     )
+
+
+@nox.session(python=REQUIRED)
+def bench(session: nox.Session) -> None:
+    """The benchmark, with instruction counts on every supported CPython found.
+
+    Writes benchmarks/results.md and results.png; pyperf's and the script's own options
+    go after ``--`` (``python -m nox -s bench -- --quick --out /tmp/bench``).
+    """
+    session.install(".[bench]")
+    others: list[str] = []
+    for version in PYTHONS:
+        if version != REQUIRED:
+            venv = f"{session.virtualenv.location}-{version}"
+            session.run(f"python{version}", "-m", "venv", "--clear", venv, external=True)
+            session.run(f"{venv}/bin/pip", "install", "--quiet", ".[bench]", external=True)
+            others.append(f"--count-with={venv}/bin/python")
+    session.run("python", "benchmarks/bench.py", "--instructions", *others, *session.posargs)

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,12 +385,13 @@ async def ours_shared(n: int, producers: int) -> float:
     return await consume(rounded, chan.receiver, producer) * n / rounded
 
 
-async def live_channels(n: int, channels: int) -> float:
+async def live_channels(n: int, channels: int, memory: bool = False) -> float:
     """``channels`` channels, each with its producer and consumer task, all alive at once.
 
     All tasks are started and parked untimed; then the producers are released in two
     timed phases, of 1 and of 1 + ``extra`` items each: the difference of the two cancels
-    the cost of a release. The result is scaled to ``n`` items.
+    the cost of a release. The result is scaled to ``n`` items. ``memory``: trio's own
+    memory channels (0) instead of ours, for the same measurement of trio's scheduler.
     """
     channels = min(channels, QUICK_CHANNELS) if "--quick" in sys.argv else channels
     extra = -(-n // channels)
@@ -398,19 +399,26 @@ async def live_channels(n: int, channels: int) -> float:
     gates, ends = [gate() for _ in plan], [gate() for _ in plan]
     arrived, times, received = [0, 0], [0.0, 0.0], [0]
 
-    async def consumer(chan: Channel[int]) -> None:
-        async for _ in chan.receiver:
+    async def consumer(chan: Any) -> None:
+        async for _ in chan.receiver if not memory else chan[1]:
             received[0] += 1
 
-    async def producer(chan: Channel[int]) -> None:
-        async with chan.sender as itemize:
-            for phase, items in enumerate(plan):
-                await gates[phase].wait()
-                for i in range(items):
-                    await itemize(i)
-                arrived[phase] += 1
-                if arrived[phase] == channels:
-                    ends[phase].set()
+    async def produce(itemize: Callable[[int], Awaitable[object]]) -> None:
+        for phase, items in enumerate(plan):
+            await gates[phase].wait()
+            for i in range(items):
+                await itemize(i)
+            arrived[phase] += 1
+            if arrived[phase] == channels:
+                ends[phase].set()
+
+    async def producer(chan: Any) -> None:
+        if memory:
+            async with chan[0]:
+                await produce(chan[0].send)
+        else:
+            async with chan.sender as itemize:
+                await produce(itemize)
 
     async def phases() -> None:
         if trio.lowlevel.in_trio_run():
@@ -430,7 +438,7 @@ async def live_channels(n: int, channels: int) -> float:
     gc.collect()
     gc.disable()  # spare the creation of many tasks a collector walking the growing heap
     jobs: list[Job] = []
-    for chan in [Channel[int]() for _ in range(channels)]:
+    for chan in [trio_opener(0) if memory else Channel[int]() for _ in range(channels)]:
         jobs += [functools.partial(consumer, chan), functools.partial(producer, chan)]
     try:
         await group([*jobs, phases])
@@ -484,6 +492,11 @@ ROWS = [  # key, label, bench, backends, then what differs from Row's defaults
     Row("live1", "yieldchannel: 1 live channel", P(live_channels, channels=1)),
     Row("live100k", "yieldchannel: 100,000 live channels", P(live_channels, channels=100_000),
         base="live1", counts=(100_000, 200_000), pyperf=LIVE),
+    Row("trio1", "trio.open_memory_channel(0): 1 live channel",
+        P(live_channels, channels=1, memory=True), TRIO, base="trio"),
+    Row("trio100k", "trio.open_memory_channel(0): 100,000 live channels",
+        P(live_channels, channels=100_000, memory=True), TRIO, base="trio1",
+        counts=(100_000, 200_000), pyperf=LIVE),
 ]
 # fmt: on
 
@@ -495,16 +508,30 @@ class Target:
     row: str  # a row key, or a key of the results ("idle": bytes, "import": ms)
     base: str | None  # a row key: the target is on row / base; None: on the value of row
     limit: float
+    pythons: tuple[str, ...] = ()  # also judged by the counts of these versions (--count-with)
 
+
+# The Python versions whose instruction counts the benchmark can take (--count-with), and the
+# rows it counts on each: the hand-over, its floors, delegation and replies.
+PYTHONS = ("3.11", "3.12", "3.13")
+VERSION_ROWS = ("floor", "floor1", "agen", "trio", "ours", "duplex", "many", "batches")
+# `itemize.many`, `async for`, before this release's fast path: instructions per item.
+MANY_BEFORE = {"asyncio": 4_489, "uvloop": 4_238}  # Python 3.11, channel.py at 01ab022
+V12 = ("3.12", "3.13")
 
 # fmt: off
 TARGETS = [
-    Target("itemize → __anext__ ≤ 1.10x floor", ("asyncio",), "ours", "floor", 1.10),
-    Target("itemize → __anext__ ≤ 1.25x floor", ("uvloop",), "ours", "floor", 1.25),
-    Target("itemize → __anext__ ≤ 1.05x trio.open_memory_channel(0)", TRIO, "ours", "trio", 1.05),
-    Target("asend round trip ≤ 1.03x single itemize", ALL, "duplex", "ours", 1.03),
-    Target("itemize.many, async for ≤ 3.0x in-task generator", ALL, "many", "agen", 3.0),
-    Target("itemize.many, batches(256) ≤ 1.5x in-task generator", ALL, "batches", "agen", 1.5),
+    Target("itemize → __anext__ ≤ 1.09x floor", ("asyncio",), "ours", "floor", 1.09, PYTHONS),
+    Target("itemize → __anext__ ≤ 1.28x floor (3.11)", ("uvloop",), "ours", "floor", 1.28,
+           ("3.11",)),
+    Target("itemize → __anext__ ≤ 1.20x floor (3.12, 3.13)", ("uvloop",), "ours", "floor", 1.20,
+           V12),
+    Target("itemize → __anext__ ≤ 1.13x trio's floor", TRIO, "ours", "floor", 1.13, PYTHONS),
+    Target("asend round trip ≤ 1.03x single itemize", ALL, "duplex", "ours", 1.03, PYTHONS),
+    Target("itemize.many, async for ≤ 0.80x before (3.11)", AIO, "many", "many_before", 0.80,
+           ("3.11",)),
+    Target("itemize.many, batches(256) ≤ 0.75x in-task generator", ALL, "batches", "agen", 0.75,
+           PYTHONS),
     Target("1,000 producers ≤ 1.10x 8 producers (O(1))", ALL, "shared1000", "shared", 1.10),
     Target("100,000 live channels ≤ 1.3x one channel", ALL, "live100k", "live1", 1.3),
     Target("idle channel ≤ 300 B", ("-",), "idle", None, 300),
@@ -539,12 +566,12 @@ def measure(n: int, backend: str, row: Row) -> float:
     return run(backend, lambda: row.bench(n), row.anyio)
 
 
-def instructions(backend: str, row: Row) -> float:
+def instructions(backend: str, row: Row, python: str = sys.executable) -> float:
     """Instructions per item: the callgrind totals of two runs, differenced."""
     totals = []
     for n in row.counts:
         command = ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"]
-        command += [sys.executable, __file__, "--count", f"{backend}/{row.key}", str(n)]
+        command += [python, __file__, "--count", f"{backend}/{row.key}", str(n)]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
         totals.append(int(re.findall(r"Collected : (\d+)", done.stderr)[-1]))
@@ -603,6 +630,29 @@ def fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def main_version() -> str:
+    return platform.python_version().rpartition(".")[0]
+
+
+def version_of(python: str) -> str:
+    done = subprocess.run(
+        [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+def count_versions(pythons: Sequence[str], rows: list[tuple[str, Row]]) -> dict[str, Any]:
+    """Instructions per item of ``rows`` under each interpreter, by its version."""
+    jobs = [(python, b, r) for python in pythons for b, r in rows if r.key in VERSION_ROWS]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # counts do not mind sharing
+        counted = list(pool.map(lambda job: instructions(job[1], job[2], job[0]), jobs))
+    by_version: dict[str, dict[str, float]] = {}
+    for (python, backend, row), count in zip(jobs, counted, strict=True):
+        by_version.setdefault(version_of(python), {})[f"{backend}/{row.key}"] = count
+    return by_version
+
+
 def ratio(data: dict[str, float], backend: str, row: str, base: str) -> float | None:
     top, bottom = data.get(f"{backend}/{row}"), data.get(f"{backend}/{base}")
     return None if top is None or bottom is None else top / bottom
@@ -621,20 +671,40 @@ def report(results: dict[str, Any], out: Path) -> None:
             if backend in row.backends and ((name := f"{backend}/{row.key}") in times)
         ]  # fmt: skip
         lines += [f"### {backend}", "", *table(header, rows), ""] if rows else []
+    versions: dict[str, dict[str, float]] = results.get("instructions_by_python", {})
+    if versions:
+        lines += ["### Instructions per item, by Python version", ""]
+        names = sorted(versions)
+        header = ["row", "backend", *[f"{v}" for v in names], *[f"{v} x base" for v in names]]
+        rows = [
+            [row.label, backend, *[fmt(versions[v].get(f"{backend}/{row.key}"), ",.0f")
+                                   for v in names],
+             *[fmt(ratio(versions[v], backend, row.key, row.base), ".3f") for v in names]]
+            for row in ROWS for backend in row.backends
+            if any(f"{backend}/{row.key}" in versions[v] for v in names)
+        ]  # fmt: skip
+        lines += [*table(header, rows), ""]
     rows = []
     for target in TARGETS:
         for backend in target.backends:
-            if target.base is None:  # a value, not a ratio
-                by_count, by_time = None, results[target.row]
-            else:
-                by_count = ratio(counts, backend, target.row, target.base)
-                by_time = ratio(times, backend, target.row, target.base)
-            if (value := by_time if by_count is None else by_count) is None:
-                continue  # not measured in this run
-            verdict = "PASS" if value <= target.limit else "MISS"
-            verdict += " (by time)" if by_count is None and target.base is not None else ""
-            rows.append([target.what, backend, fmt(by_count, ".3f"), fmt(by_time, ".4g"), verdict])
-    header = ["target", "backend", "by instructions", "by time (or value)", "verdict"]
+            for version in dict.fromkeys([main_version(), *target.pythons]):
+                ours = version == main_version()
+                counted = counts if ours else versions.get(version, {})
+                counted = {**counted, **{f"{b}/many_before": c for b, c in MANY_BEFORE.items()}}
+                if target.base is None:  # a value, not a ratio
+                    by_count, by_time = None, results[target.row] if ours else None
+                else:
+                    by_count = ratio(counted, backend, target.row, target.base)
+                    by_time = ratio(times, backend, target.row, target.base) if ours else None
+                if target.pythons and version not in target.pythons:
+                    continue  # judged on other versions only
+                if (value := by_time if by_count is None else by_count) is None:
+                    continue  # not measured in this run
+                verdict = "PASS" if value <= target.limit else "MISS"
+                verdict += " (by time)" if by_count is None and target.base is not None else ""
+                cells = [fmt(by_count, ".3f"), fmt(by_time, ".4g"), verdict]
+                rows.append([target.what, backend, version, *cells])
+    header = ["target", "backend", "Python", "by instructions", "by time (or value)", "verdict"]
     lines += ["### Targets (instruction counts decide, time confirms)", "", *table(header, rows)]
     idle = [[k, f"{v:,.0f}"] for k, v in results["idle_bytes"].items()]
     lines += ["", "### Memory per idle channel (tracemalloc, 10,000 alive)", ""]
@@ -705,6 +775,7 @@ def main() -> int:
 
     def pass_on(cmd: list[str], args: Any) -> None:  # our options, for pyperf's workers
         cmd += (["--only", args.only] if args.only else []) + (["--quick"] if args.quick else [])
+        cmd += [f"--count-with={python}" for python in args.count_with]
 
     runner = pyperf.Runner(processes=8, add_cmdline_args=pass_on)
     parser = runner.argparser
@@ -712,6 +783,11 @@ def main() -> int:
     parser.add_argument("--instructions", action="store_true", help="also count instructions")
     parser.add_argument("--only", help="comma-separated rows (BACKEND/KEY, e.g. asyncio/ours)")
     parser.add_argument("--out", type=Path, help="output directory (default: benchmarks/)")
+    parser.add_argument(
+        "--count-with", action="append", default=[], metavar="PYTHON",
+        help="with --instructions, also count the rows of every version with this interpreter "
+        "(which has the bench extra installed); repeat for several",
+    )  # fmt: skip
     args = runner.parse_args()
     out: Path = args.out or (Path(tempfile.mkdtemp()) if args.quick else Path(__file__).parent)
     have_uvloop = importlib.util.find_spec("uvloop") is not None
@@ -732,6 +808,10 @@ def main() -> int:
             counted = pool.map(lambda chosen_row: instructions(*chosen_row), chosen)
             names = [f"{b}/{r.key}" for b, r in chosen]
             results["instructions_per_item"] = dict(zip(names, counted, strict=True))
+        versions = count_versions(args.count_with, chosen)
+        mine = {k: v for k, v in results["instructions_per_item"].items()
+                if k.partition("/")[2] in VERSION_ROWS}  # fmt: skip
+        results["instructions_by_python"] = {main_version(): mine, **versions}
     results["idle_bytes"] = {label: idle_bytes(b, make) for label, b, make in IDLE}
     results["idle"] = results["idle_bytes"]["yieldchannel Channel()"]
     modules = ("channel", "anyio", "trio")
