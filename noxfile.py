@@ -24,7 +24,7 @@ _found = [path for v in SUPPORTED for path in sorted(glob.glob(f"{_pyenv}/versio
 os.environ["PATH"] = os.pathsep.join([*_found, os.environ.get("PATH", "")])
 PYTHONS = [v for v in SUPPORTED if v == REQUIRED or shutil.which(f"python{v}")]
 
-nox.options.sessions = ["tests", "coverage"]  # bench: on request
+nox.options.sessions = ["tests", "coverage"]  # bench, docs: on request
 nox.options.error_on_missing_interpreters = True  # a missing 3.11 fails the run
 nox.options.default_venv_backend = "venv"
 
@@ -68,3 +68,10 @@ def bench(session: nox.Session) -> None:
             session.run(f"{venv}/bin/pip", "install", "--quiet", ".[bench]", external=True)
             others.append(f"--count-with={venv}/bin/python")
     session.run("python", "benchmarks/bench.py", "--instructions", *others, *session.posargs)
+
+
+@nox.session(python=REQUIRED)
+def docs(session: nox.Session) -> None:
+    """The Sphinx site, every warning an error: docs/_build/html/index.html."""
+    session.install(".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")

@@ -4480,9 +4480,12 @@ async def test_a_consumer_combines_pairs_of_items_through_an_async_generator_pip
 # --- The README and the examples run as printed ----------------------------------------
 
 
-def _readme_programs() -> list[tuple[str, str | None]]:
-    """Each ```python block of the README, with the ```text block that follows it, if any."""
-    blocks = re.findall(r"```(python|text)\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+DOCUMENTS = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+
+
+def _programs(document: str) -> list[tuple[str, str | None]]:
+    """Each ```python block of a document, with the ```text block that follows it, if any."""
+    blocks = re.findall(r"```(python|text)\n(.*?)```", (ROOT / document).read_text(), re.S)
     programs: list[tuple[str, str | None]] = []
     for kind, body in blocks:
         if kind == "python":
@@ -4493,10 +4496,13 @@ def _readme_programs() -> list[tuple[str, str | None]]:
 
 
 @pytest.mark.as_shipped
-@pytest.mark.parametrize("index", range(len(_readme_programs())))
-def test_readme_code_runs_as_printed(index: int, tmp_path: Path) -> None:
-    source, expected = _readme_programs()[index]
-    script = tmp_path / "readme_example.py"
+@pytest.mark.parametrize(
+    ("document", "index"),
+    [(document, i) for document in DOCUMENTS for i in range(len(_programs(document)))],
+)
+def test_the_documentations_code_runs_as_printed(document: str, index: int, tmp_path: Path) -> None:
+    source, expected = _programs(document)[index]
+    script = tmp_path / "documented_example.py"
     script.write_text(source)
     result = subprocess.run(
         [sys.executable, "-W", "error", str(script)],
