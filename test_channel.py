@@ -180,6 +180,22 @@ async def test_none_is_an_ordinary_item() -> None:
 # --- 2. and 3. Clean and failed ends --------------------------------------------------
 
 
+@pytest.mark.parametrize("asked", ["before the block", "in the block"])
+async def test_a_block_that_ends_with_no_item_ends_a_waiting_receivers_stream(asked: str) -> None:
+    c: Channel[int] = Channel()
+    received: list[int] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            if asked == "before the block":
+                tg.start_soon(read_into, received, c.receiver)
+            async with c.sender:
+                if asked == "in the block":
+                    tg.start_soon(read_into, received, c.receiver)
+                await wait_until(lambda: c.statistics().receiver_waiting)
+    assert received == []
+    assert c.statistics() == ChannelStatistics("ended", False, 0, 0)
+
+
 async def test_a_block_that_fails_makes_the_receiver_raise_sender_failed_from_it() -> None:
     c: Channel[int] = Channel()
     received: list[int] = []
@@ -895,7 +911,7 @@ async def itemize_with_the_consumer_waiting() -> str:
         async with c.sender as itemize:
             await wait_until(lambda: c.statistics().receiver_waiting)
             how = await outcome(itemize(1))
-    return f"{how}, received {received}"
+    return f"{how}, received {received}, counted {c.statistics().items_delivered}"
 
 
 async def itemize_with_the_consumer_waiting_since_before_the_block() -> str:
@@ -906,7 +922,7 @@ async def itemize_with_the_consumer_waiting_since_before_the_block() -> str:
         await wait_until(lambda: c.statistics().receiver_waiting)
         async with c.sender as itemize:
             how = await outcome(itemize(1))
-    return f"{how}, received {received}"
+    return f"{how}, received {received}, counted {c.statistics().items_delivered}"
 
 
 async def itemize_with_nobody_waiting() -> str:
@@ -1028,14 +1044,14 @@ async def itemize_once_the_receiver_closed() -> str:
 IN_A_CANCELLED_SCOPE = [  # the operation, what it does on trio, and on asyncio and uvloop
     pytest.param(
         itemize_with_the_consumer_waiting,
-        "Cancelled, received []",
-        "Cancelled, received [1]",  # handed over, then cancelled as it waits: delivered
+        "Cancelled, received [], counted 0",
+        "Cancelled, received [1], counted 1",  # handed over, then cancelled as it waits
         id="itemize, the consumer waiting",
     ),
     pytest.param(
         itemize_with_the_consumer_waiting_since_before_the_block,
-        "Cancelled, received []",
-        "Cancelled, received [1]",
+        "Cancelled, received [], counted 0",
+        "Cancelled, received [1], counted 1",
         id="itemize, the consumer waiting since before the block began",
     ),
     pytest.param(
@@ -1137,9 +1153,13 @@ async def under_several_schedules(scenario: Callable[[], Awaitable[str]]) -> set
 
 
 async def _cancelled_ask(c: Channel[int, str]) -> None:
+    await _cancelled_ask_of(c.receiver)
+
+
+async def _cancelled_ask_of(receiver: Receiver[int, str]) -> None:
     with anyio.CancelScope() as scope:
         scope.cancel()
-        await c.receiver.asend("the cancelled ask")
+        await receiver.asend("the cancelled ask")
     assert scope.cancelled_caught
 
 
@@ -1265,6 +1285,151 @@ async def a_producer_function_whose_first_ask_is_cancelled() -> str:
     return ", ".join(events)
 
 
+class ThenATakenBackAsk:
+    """How the scenarios below end: the producer goes on when told and gives 1 and 2;
+    the consumer takes 1, has its next ask cancelled before the producer runs, and asks
+    again with a reply. No reply of an earlier ask may reach the producer instead."""
+
+    def __init__(self) -> None:
+        self.replies: list[str | None] = []
+        self.go_on = anyio.Event()
+
+    async def produce(self, itemize: Itemize[int, str]) -> None:
+        await self.go_on.wait()
+        self.replies.append(await itemize(1))
+        self.replies.append(await itemize(2))
+
+    async def consume(self, receiver: Receiver[int, str]) -> str:
+        self.go_on.set()
+        got = [await anext(receiver)]
+        await _cancelled_ask_of(receiver)
+        got.append(await receiver.asend("the next ask"))
+        rest = await collect(receiver)
+        return f"{got}, then {rest}, replies {self.replies}"
+
+
+async def an_ask_cancelled_while_its_producer_works() -> str:
+    """Cancelled after its producer ran: not taken back."""
+    c: Channel[int, str] = Channel()
+    then, asking = ThenATakenBackAsk(), anyio.CancelScope()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            then.replies.append(await itemize(0))
+            asking.cancel()  # the ask that resumed this producer, as it works
+            await then.produce(itemize)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        with asking:
+            await c.receiver.asend("the first ask")
+        result = await then.consume(c.receiver)
+    return result
+
+
+async def a_first_ask_cancelled_as_it_waits() -> str:
+    """Cancelled while no producer was resumed: nothing to take back."""
+    c: Channel[int, str] = Channel()
+    then, asking = ThenATakenBackAsk(), anyio.CancelScope()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await wait_until(lambda: c.statistics().receiver_waiting)
+            asking.cancel()
+            await then.produce(itemize)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        with asking:
+            await anext(c.receiver)
+        result = await then.consume(c.receiver)
+    return result
+
+
+async def a_producer_function_working_as_its_first_ask_is_cancelled() -> str:
+    then, asking = ThenATakenBackAsk(), anyio.CancelScope()
+
+    @channel.producer
+    async def numbers(itemize: Itemize[int, str]) -> None:
+        asking.cancel()  # the first ask, which started this function
+        await then.produce(itemize)
+
+    async with numbers() as items:
+        await settle()  # the producer waits for the first ask
+        with asking:
+            await anext(items)
+        return await then.consume(items)
+
+
+async def an_ask_cancelled_as_it_waits_after(before: str) -> str:
+    """After an item taken at once, then the producer's itemize cancelled (or after a
+    delegation), an ask that resumed nobody is cancelled as it waits."""
+    c: Channel[int, str] = Channel()
+    then, producing, asking = ThenATakenBackAsk(), anyio.CancelScope(), anyio.CancelScope()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            await wait_until(lambda: c.statistics().receiver_waiting)
+            if before == "a delegation":
+                await itemize.many([0])
+            else:
+                with producing:
+                    await itemize(0)
+            await wait_until(lambda: c.statistics().receiver_waiting)
+            asking.cancel()
+            await then.produce(itemize)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        await wait_until(lambda: c.statistics().state == "open")
+        assert await anext(c.receiver) == 0
+        producing.cancel()
+        with asking:
+            await anext(c.receiver)
+        result = await then.consume(c.receiver)
+    return result
+
+
+async def athrow_into_nowhere_before_a_cancelled_ask() -> str:
+    """An exception thrown while no itemize waits goes nowhere, and stays there."""
+    c: Channel[int, str] = Channel()
+    events: list[str | None] = []
+    producing = anyio.CancelScope()
+    go_on = anyio.Event()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            with producing:
+                await itemize(0)
+            events.append("itemize(0) cancelled")
+            await go_on.wait()
+            try:
+                events.append(await itemize(1))
+                events.append(await itemize(2))
+            except KeyError:
+                events.append("KeyError")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        assert await anext(c.receiver) == 0
+        producing.cancel()
+        await wait_until(lambda: bool(events))
+        go_on.set()
+        got = [await c.receiver.athrow(KeyError)]
+        await _cancelled_ask(c)
+        got.append(await c.receiver.asend("the next ask"))
+        rest = await collect(c.receiver)
+    return f"{got}, then {rest}, {events}"
+
+
+# On trio the producer gets the reply of the ask after the one taken back; on asyncio and
+# uvloop, where an ask is not taken back, the reply of the cancelled one.
+THEN_A_TAKEN_BACK_ASK = (
+    "[1, 2], then [], replies ['the next ask', None]",
+    "[1, 2], then [], replies ['the cancelled ask', None]",
+)
+
 AFTER_A_CANCELLED_ASK = [  # the scenario, what it does on trio, and on asyncio and uvloop
     pytest.param(
         asking_again_after_a_cancelled_ask,
@@ -1301,6 +1466,38 @@ AFTER_A_CANCELLED_ASK = [  # the scenario, what it does on trio, and on asyncio 
         "asked again, started, got 0",
         "started, asked again, got 0",
         id="a producer function's first ask",
+    ),
+    pytest.param(
+        an_ask_cancelled_while_its_producer_works,
+        "[1, 2], then [], replies ['the first ask', 'the next ask', None]",
+        "[1, 2], then [], replies ['the first ask', 'the cancelled ask', None]",
+        id="an ask cancelled while its producer works",
+    ),
+    pytest.param(
+        athrow_into_nowhere_before_a_cancelled_ask,
+        "[1, 2], then [], ['itemize(0) cancelled', 'the next ask', None]",
+        "[1, 2], then [], ['itemize(0) cancelled', 'the cancelled ask', None]",
+        id="athrow while no itemize waits",
+    ),
+    pytest.param(
+        a_first_ask_cancelled_as_it_waits,
+        *THEN_A_TAKEN_BACK_ASK,
+        id="the first ask, cancelled as it waits",
+    ),
+    pytest.param(
+        a_producer_function_working_as_its_first_ask_is_cancelled,
+        *THEN_A_TAKEN_BACK_ASK,
+        id="a producer function's first ask, cancelled as the function works",
+    ),
+    pytest.param(
+        functools.partial(an_ask_cancelled_as_it_waits_after, "its itemize cancelled"),
+        *THEN_A_TAKEN_BACK_ASK,
+        id="an ask cancelled as it waits, after the producer's itemize was cancelled",
+    ),
+    pytest.param(
+        functools.partial(an_ask_cancelled_as_it_waits_after, "a delegation"),
+        *THEN_A_TAKEN_BACK_ASK,
+        id="an ask cancelled as it waits, after a delegation",
     ),
 ]
 
@@ -3279,6 +3476,7 @@ async def test_a_generator_that_closes_the_receiver_ends_its_batch() -> None:
             tg.start_soon(producer)
             batches = aiter(c.receiver.batches(10))
             assert await anext(batches) == [1, 2]
+            assert c.statistics().items_delivered == 2  # both counted
             with pytest.raises(ChannelClosed):
                 await anext(batches)
     assert events == ["generator closed"]
@@ -3398,6 +3596,28 @@ async def test_a_producer_exception_comes_out_of_async_with_as_itself() -> None:
     with anyio.fail_after(STEP), pytest.raises(KeyError, match="from the producer"):
         async with failing() as items:
             await collect(items)
+
+
+async def test_a_shielded_consumer_sees_sender_failed_and_async_with_raises_the_cause() -> None:
+    """Shielded from the producer's failure (on trio; an anyio shield does not hold off
+    asyncio's own task group), the consumer reads on to SenderFailed; `async with`
+    still raises the producer's exception alone, as a generator's would."""
+
+    @channel.producer
+    async def failing(itemize: Itemize[int]) -> None:
+        await itemize(1)
+        raise KeyError("from the producer")
+
+    seen: list[str] = []
+    with anyio.fail_after(STEP), pytest.raises(KeyError, match="from the producer"):
+        async with failing() as items:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await collect(items)
+                except SenderFailed:
+                    seen.append("SenderFailed")
+                    raise
+    assert seen == (["SenderFailed"] if in_trio() else [])
 
 
 async def test_leaving_a_producer_early_runs_its_cleanup_before_async_with_exits() -> None:
@@ -4223,6 +4443,61 @@ async def test_exceptions_travel_as_through_a_generator(
     assert message in str(exc)
     if isinstance(exc, BaseExceptionGroup):
         assert [type(e) for e in exc.exceptions] == inside, exc.exceptions
+
+
+# --- The fast paths stay in use ------------------------------------------------------
+#
+# While a channel is calm, the hand-over takes its fast paths, which do what the slow
+# paths do without their checks; the benchmark measures what that saves. Here: the
+# slow paths' steps are not taken once per item.
+
+SLOW_STEPS = ("check_send", "check_receive", "take_ready")
+
+
+async def slow_steps(monkeypatch: pytest.MonkeyPatch, how: str, count: int) -> int:
+    """How often the slow paths' steps run while `count` items pass as `how` says."""
+    taken = 0
+
+    def counted(step: Callable[..., Any]) -> Callable[..., Any]:
+        def step_counted(*args: Any) -> Any:
+            nonlocal taken
+            taken += 1
+            return step(*args)
+
+        return step_counted
+
+    for name in SLOW_STEPS:
+        monkeypatch.setattr(channel._State, name, counted(getattr(channel._State, name)))
+    c: Channel[int] = Channel()
+
+    async def producer() -> None:
+        async with c.sender as itemize:
+            if how == "itemize":
+                for i in range(count):
+                    await itemize(i)
+            else:
+                await itemize.many(iter(list(range(count))))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(producer)
+        if how == "many, batches":
+            got = [item async for batch in c.receiver.batches(count) for item in batch]
+        else:
+            got = await collect(c.receiver)
+    assert got == list(range(count))
+    monkeypatch.undo()
+    return taken
+
+
+@pytest.mark.parametrize("how", ["itemize", "many", "many, batches"])
+async def test_a_calm_channel_hands_over_on_its_fast_paths(
+    monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    with anyio.fail_after(STEP):
+        few = await slow_steps(monkeypatch, how, 10)
+        more = await slow_steps(monkeypatch, how, 100)
+    # On trio every __anext__ is a checkpoint, so each item of `many` takes one slow step.
+    assert more - few == (90 if how == "many" and in_trio() else 0)
 
 
 # --- Introspection, names, import -------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import gc
 import os
 from collections.abc import (
@@ -39,14 +40,23 @@ def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     return request.param  # type: ignore[no-any-return]
 
 
+HANG_LIMIT = 120  # seconds: under mutmut, a test still running then has hung
+
+
 @pytest.fixture(autouse=bool(os.environ.get("MUTANT_UNDER_TEST")))
-def _fresh_backends() -> None:
-    """Under mutmut only: build the backends anew per test, so that their mutants run.
+def _fresh_backends() -> Iterator[None]:
+    """Under mutmut only: build the backends anew per test, so that their mutants run;
+    and end the run of a mutant that hangs a test with nothing to run.
 
     channel caches each backend for the process; mutmut forks its workers from a
     process that already ran the suite, which would hide mutants of the factories.
+    mutmut's time limit counts processor time, so it never stops a run that waits
+    forever (a trio run whose abort function is gone, say): HANG_LIMIT does.
     """
     channel._backends.clear()
+    faulthandler.dump_traceback_later(HANG_LIMIT, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 async def collect(receiver: AsyncIterator[Any]) -> list[Any]:

@@ -158,12 +158,19 @@ async def alone() -> None:
     """Wait until no other thread runs: a thread that allocates or frees while memory is
     measured moves objects in and out of CPython's free lists. (trio keeps the worker
     thread of an earlier test idle for 10 s before it ends.)"""
-    with anyio.fail_after(3 * RUN_LIMIT):
-        while threading.active_count() > 1:  # noqa: ASYNC110 - no event says a thread ended
+
+    def others() -> list[str]:
+        main = threading.main_thread()
+        return [thread.name for thread in threading.enumerate() if thread is not main]
+
+    with anyio.move_on_after(3 * RUN_LIMIT):
+        while others():  # noqa: ASYNC110 - no event says that a thread ended
             await anyio.sleep(0.05)
+    assert not others(), f"threads still running: {others()}"
 
 
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
+@pytest.mark.whole_process
 async def test_no_memory_is_kept_after_100000_channels() -> None:
     """Memory (pymalloc blocks, gc objects) returns to its level once the channels are gone."""
     await alone()
@@ -194,6 +201,7 @@ TRACED_ROUNDS = 5  # at most; a cache fills up in one or two, a leak keeps growi
 
 
 @pytest.mark.timeout(600)  # heavy: many thousands of channels
+@pytest.mark.whole_process
 async def test_no_memory_is_kept_traced() -> None:
     """tracemalloc: what channels allocate is given back; nothing grows with their number.
 

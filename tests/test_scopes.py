@@ -4,6 +4,7 @@ consumer ends as that cancellation, never as SenderFailed, on every backend."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from tests.support import RUN_LIMIT, env_int, in_trio
 
 pytestmark = pytest.mark.anyio
 
-# Longer runs: CHANNEL_SCOPE_RUNS (default 1,000 per way of cancelling).
+# Longer runs: CHANNEL_SCOPE_RUNS (default 1,000 per way of cancelling; 100 under mutmut).
 #
 # Each run: a producer of 100 items and its consumer, in one task group (or a @producer),
 #    under a scope cancelled by a random deadline of 0 to 3 ms, or by the consumer's loop
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.anyio
 #    must end as its scope says (quietly, or with the timeout's own exception), never
 #    with SenderFailed.
 
-RUNS = env_int("CHANNEL_SCOPE_RUNS", 1_000)
+RUNS = env_int("CHANNEL_SCOPE_RUNS", 100 if os.environ.get("MUTANT_UNDER_TEST") else 1_000)
 SEED = env_int("CHANNEL_SCOPE_SEED", 20261206)
 
 

@@ -29,6 +29,9 @@ import pytest
 
 from tests.support import ROOT
 
+# The servers run channel.py in processes of their own: mutation testing leaves these out.
+pytestmark = pytest.mark.as_shipped
+
 TOKENS = 20  # as tests/web_apps.py makes them
 LIMIT = 10.0  # seconds: a hang detector for every request and wait here
 CLIENTS = 200
