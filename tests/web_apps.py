@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,39 +59,40 @@ async def _sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-def _stopped(record: Record, exc: BaseException | None) -> None:
-    if exc is None:
-        record.stopped = "end"
-    elif type(exc).__name__ == "ReceiverClosed":
-        record.stopped = "receiver closed"
-    elif isinstance(exc, anyio.get_cancelled_exc_class()):
-        record.stopped = "cancelled"
-    else:
-        record.stopped = repr(exc)
-
-
-@producer
-async def async_tokens(itemize: Itemize[str], record: Record, pause: float) -> None:
+@contextmanager
+def _recorded(record: Record) -> Iterator[None]:
+    """Count a producer alive while it runs, and record how it stopped and that its
+    cleanup ran."""
     alive[0] += 1
     try:
-        for i in range(TOKENS):
-            await _sleep(pause)
-            record.made += 1
-            await itemize(f"t{i} ")
+        yield
     except BaseException as exc:
-        _stopped(record, exc)
+        if type(exc).__name__ == "ReceiverClosed":
+            record.stopped = "receiver closed"
+        elif isinstance(exc, anyio.get_cancelled_exc_class()):
+            record.stopped = "cancelled"
+        else:
+            record.stopped = repr(exc)
         raise
     else:
-        _stopped(record, None)
+        record.stopped = "end"
     finally:
         record.cleaned_up = True
         alive[0] -= 1
 
 
 @producer
+async def async_tokens(itemize: Itemize[str], record: Record, pause: float) -> None:
+    with _recorded(record):
+        for i in range(TOKENS):
+            await _sleep(pause)
+            record.made += 1
+            await itemize(f"t{i} ")
+
+
+@producer
 async def thread_tokens(itemize: Itemize[str], record: Record, pause: float) -> None:
     """A blocking SDK in a thread, through anyio's bridge (or asyncio's, under aiohttp)."""
-    alive[0] += 1
     native = sniffio.current_async_library() == "asyncio" and on_aiohttp[0]
     loop = asyncio.get_running_loop() if native else None
 
@@ -105,19 +106,11 @@ async def thread_tokens(itemize: Itemize[str], record: Record, pause: float) -> 
                 anyio.from_thread.check_cancelled()
                 anyio.from_thread.run(itemize, f"t{i} ")
 
-    try:
+    with _recorded(record):
         if loop is not None:
             await asyncio.to_thread(sdk)
         else:
             await anyio.to_thread.run_sync(sdk)
-    except BaseException as exc:
-        _stopped(record, exc)
-        raise
-    else:
-        _stopped(record, None)
-    finally:
-        record.cleaned_up = True
-        alive[0] -= 1
 
 
 on_aiohttp = [False]
